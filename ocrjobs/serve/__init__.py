@@ -1,0 +1,1 @@
+"""ocrjobs.serve."""
