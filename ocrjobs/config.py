@@ -91,7 +91,9 @@ class StorageConfig(StrictModel):
 
     def resolved_endpoint(self) -> str | None:
         """The endpoint to use: this config's, else ``OCRJOBS_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL``."""
-        return self.endpoint_url or os.environ.get("OCRJOBS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        return (
+            self.endpoint_url or os.environ.get("OCRJOBS_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL")
+        )
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:

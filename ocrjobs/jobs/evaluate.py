@@ -1,18 +1,320 @@
-"""Score a model or saved predictions on a labelled dataset."""
+"""Score a model, or saved predictions, on a labelled dataset.
+
+Tasks and what they score:
+
+* ``detection`` — a detection model (or predicted polygons) against box-labelled images:
+  ICDAR-2015 IoU-0.5 and CLEval precision/recall/H-mean.
+* ``recognition`` — a recognition model (or predicted texts) on line crops: ground-truth boxes of
+  box-labelled images cut and rectified, or a line-crop set. CER, WER, exact match (case-sensitive and
+  not).
+* ``e2e`` — detector + recognizer against box-labelled images: CLEval end-to-end and detection.
+* ``latex`` — formula texts against an im2latex split: sentence accuracy, token edit distance,
+  BLEU-4 and the formula score.
+
+Saved predictions (``--predictions FILE.jsonl``) are matched to the data by key:
+``{"image": "<file name>", "lines": [{"polygon": [[x, y], ...], "text": "...", "score": 0.9}]}`` per
+image for detection/e2e; ``{"id": "<file name>#<region index>" | "<file name>", "text": "..."}`` per
+sample for recognition/latex. A missing prediction counts as an empty one.
+
+Examples::
+
+    ocrjobs eval detection --data ../shared/data/sroie/dev --format sroie --model models/dbnet_doc
+    ocrjobs eval recognition --data ../shared/data/sroie/dev --format sroie --model models/crnn_en
+    ocrjobs eval latex --data ../shared/data/im2latex --format im2latex --split validate \\
+        --predictions preds.jsonl --json out/latex_eval.json
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
-from ocrjobs.jobs._pending import not_available
+from pydantic import Field, model_validator
+
+from ocrjobs.config import StorageConfig, StrictModel, dump_config, load_config, parse_overrides
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ocrjobs.data.records import Record
+
+__all__ = ["EvalConfig", "add_arguments", "evaluate", "run"]
+
+log = logging.getLogger(__name__)
+
+Task = Literal["detection", "recognition", "e2e", "latex"]
+
+
+class EvalConfig(StrictModel):
+    """An evaluation run.
+
+    Attributes:
+        task: what is scored (see the module docstring).
+        data: labelled dataset URI (folder or manifest, local or s3://).
+        format: a key of ``ocrjobs.data.formats.FORMATS`` (``sroie``, ``words_json``, ``icdar2015``,
+            ``im2latex``, ``lines``).
+        split: dataset split for formats that hold several (im2latex: ``train``/``validate``).
+        model: model folder (detection or recognition model; the detector for ``e2e``).
+        rec_model: the recognizer for ``e2e``.
+        predictions: JSONL of saved predictions, scored instead of running a model.
+        limit: score only the first N images (sorted by name).
+        json_out: where to write the metrics JSON (its resolved config is written beside it).
+        device: ``cpu`` or ``cuda``.
+        storage: S3 endpoint settings for ``s3://`` URIs.
+    """
+
+    task: Task
+    data: str
+    format: str
+    split: str | None = None
+    model: str | None = None
+    rec_model: str | None = None
+    predictions: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    json_out: str | None = None
+    device: str = "cpu"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalConfig:
+        if (self.model is None) == (self.predictions is None):
+            raise ValueError(
+                "give exactly one of 'model' (run a model) or 'predictions' (score a JSONL file)"
+            )
+        if self.task == "e2e" and self.model is not None and self.rec_model is None:
+            raise ValueError("task e2e with a model needs 'rec_model' (the recognizer) too")
+        return self
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of this subcommand."""
-    parser.add_argument("--config", help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    """Arguments of ``ocrjobs eval``."""
+    parser.add_argument("task", choices=["detection", "recognition", "e2e", "latex"])
+    parser.add_argument("--config", help="YAML config (EvalConfig); flags below override it")
+    parser.add_argument("--data", help="labelled dataset URI (folder or manifest)")
+    parser.add_argument(
+        "--format", dest="format", help="dataset format: sroie, words_json, icdar2015, im2latex, lines"
+    )
+    parser.add_argument("--split", help="split for formats with several (im2latex: train, validate)")
+    parser.add_argument("--model", help="model folder (the detector for e2e)")
+    parser.add_argument("--rec-model", help="recognizer model folder (e2e)")
+    parser.add_argument("--predictions", help="JSONL of saved predictions to score instead of a model")
+    parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument("--json", dest="json_out", help="write the metrics JSON here")
+    parser.add_argument("--device", help="cpu or cuda")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the subcommand."""
-    return not_available(args, "foundation issue")
+    """Run ``ocrjobs eval``: print a table and the metrics JSON; 0 on success."""
+    overrides: dict[str, Any] = parse_overrides(args.set)
+    for field in (
+        "task",
+        "data",
+        "format",
+        "split",
+        "model",
+        "rec_model",
+        "predictions",
+        "limit",
+        "json_out",
+        "device",
+    ):
+        value = getattr(args, field, None)
+        if value is not None:
+            overrides[field] = value
+    config = load_config(args.config, EvalConfig, overrides)
+    result = evaluate(config)
+    _print_table(result)
+    print(json.dumps(result, sort_keys=True))
+    if config.json_out:
+        from ocrjobs import storage
+
+        storage.write_text(
+            config.json_out, json.dumps(result, indent=2, sort_keys=True) + "\n", config.storage
+        )
+        stem = config.json_out.rsplit(".", 1)[0] if config.json_out.endswith(".json") else config.json_out
+        storage.write_text(f"{stem}.config.yaml", dump_config(config), config.storage)
+    return 0
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Score ``config`` and return the metrics (plus counts, timing and what was scored)."""
+    from ocrjobs.data.formats import load_records
+
+    kwargs = {"split": config.split} if config.split else {}
+    records = load_records(config.data, config.format, limit=config.limit, **kwargs)
+    if not records:
+        raise ValueError(f"no labelled images found in {config.data} (format {config.format})")
+    log.info("scoring %s on %d images from %s", config.task, len(records), config.data)
+    runners = {
+        "detection": _eval_detection,
+        "e2e": _eval_detection,
+        "recognition": _eval_text,
+        "latex": _eval_text,
+    }
+    result = runners[config.task](config, records)
+    result.update(task=config.task, data=config.data, format=config.format, images=len(records))
+    if config.model:
+        result["model"] = config.model
+    if config.rec_model:
+        result["rec_model"] = config.rec_model
+    if config.predictions:
+        result["predictions"] = config.predictions
+    return result
+
+
+# ---------------------------------------------------------------- detection and end-to-end
+
+
+def _eval_detection(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
+    from ocrjobs import storage
+    from ocrjobs.metrics import Prediction, evaluate_detection, evaluate_end_to_end
+
+    start = time.perf_counter()
+    if config.predictions:
+        saved = _read_jsonl(config.predictions, config.storage, key="image")
+        preds = [
+            [
+                Prediction(
+                    polygon=_as_polygon(line["polygon"]),
+                    text=str(line.get("text", "")),
+                    score=float(line.get("score", 1.0)),
+                )
+                for line in saved.get(storage.basename(r.uri), {}).get("lines", [])
+            ]
+            for r in records
+        ]
+    else:
+        preds = _run_detection_models(config, records)
+    seconds = time.perf_counter() - start
+    if config.task == "e2e":
+        metrics = evaluate_end_to_end(records, preds)
+    else:
+        metrics = evaluate_detection(records, preds)
+    metrics.update(seconds=round(seconds, 3), images_per_s=round(len(records) / max(seconds, 1e-9), 3))
+    return metrics
+
+
+def _run_detection_models(config: EvalConfig, records: list[Record]) -> list[list[Any]]:
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.images import read_image
+    from ocrjobs.metrics import Prediction
+
+    assert config.model is not None
+    detector = DetectionPredictor.from_model_dir(config.model, device=config.device)
+    recognizer = None
+    if config.task == "e2e":
+        from ocrjobs.recognition.predictor import RecognitionPredictor
+
+        assert config.rec_model is not None
+        recognizer = RecognitionPredictor.from_model_dir(config.rec_model, device=config.device)
+    out: list[list[Prediction]] = []
+    for record in records:
+        image = read_image(record.uri, config.storage)
+        if recognizer is None:
+            regions = detector([image])[0]
+            out.append([Prediction(polygon=r.polygon, text="", score=float(r.score)) for r in regions])
+        else:
+            from ocrjobs.pipeline import ocr_images
+
+            lines = ocr_images([image], detector, recognizer)[0]
+            out.append([Prediction(polygon=ln.polygon, text=ln.text, score=ln.det_score) for ln in lines])
+    return out
+
+
+# ---------------------------------------------------------------- recognition and latex
+
+
+def _text_samples(records: list[Record], config: EvalConfig) -> Iterator[tuple[str, str, Record, int]]:
+    """(sample id, reference text, record, region index) for every scorable text sample."""
+    from ocrjobs import storage
+
+    for record in records:
+        name = storage.basename(record.uri)
+        for i, region in enumerate(record.regions):
+            if region.ignore:
+                continue
+            if region.points:
+                if region.text:
+                    yield f"{name}#{i}", region.text, record, i
+            else:
+                yield name, region.text, record, i
+
+
+def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
+    from ocrjobs.metrics import latex_metrics, text_metrics
+
+    samples = list(_text_samples(records, config))
+    if not samples:
+        raise ValueError(f"{config.data}: no text samples to score")
+    refs = [ref for _, ref, _, _ in samples]
+    start = time.perf_counter()
+    if config.predictions:
+        saved = _read_jsonl(config.predictions, config.storage, key="id")
+        preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
+    else:
+        preds = _run_text_model(config, samples)
+    seconds = time.perf_counter() - start
+    metrics = latex_metrics(preds, refs) if config.task == "latex" else text_metrics(preds, refs)
+    metrics.update(seconds=round(seconds, 3), samples_per_s=round(len(samples) / max(seconds, 1e-9), 3))
+    return metrics
+
+
+def _run_text_model(config: EvalConfig, samples: list[tuple[str, str, Record, int]]) -> list[str]:
+    from ocrjobs.geometry import crop_polygon
+    from ocrjobs.images import read_image
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+    assert config.model is not None
+    recognizer = RecognitionPredictor.from_model_dir(config.model, device=config.device)
+    crops: list[np.ndarray] = []
+    cache: dict[str, np.ndarray] = {}
+    for _, _, record, i in samples:
+        if record.uri not in cache:
+            cache.clear()  # samples come grouped by image: keep one decoded image at a time
+            cache[record.uri] = read_image(record.uri, config.storage)
+        image = cache[record.uri]
+        region = record.regions[i]
+        crops.append(crop_polygon(image, region.polygon()) if region.points else image)
+    return [r.text for r in recognizer(crops)]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_jsonl(uri: str, storage_config: StorageConfig, key: str) -> dict[str, dict[str, Any]]:
+    from ocrjobs import storage
+
+    out: dict[str, dict[str, Any]] = {}
+    for n, line in enumerate(storage.read_text(uri, storage_config).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out[str(row[key])] = row
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{uri}:{n}: not a prediction row with a {key!r} field ({exc})") from None
+    return out
+
+
+def _as_polygon(points: Any) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(points, dtype=np.float32).reshape(-1, 2)
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    rows = [
+        (k, v) for k, v in sorted(result.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    width = max((len(k) for k, _ in rows), default=6)
+    print(f"{'metric':<{width}}  value", file=sys.stdout)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
