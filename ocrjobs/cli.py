@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from ocrjobs import __version__
 from ocrjobs.config import ConfigError
+from ocrjobs.storage import StorageError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -55,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -63,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ocrjobs {args.command}: {exc}", file=sys.stderr)
         return 2
+    except (StorageError, ValueError, FileNotFoundError) as exc:
+        # Expected user-facing failures (bad URI, credentials, malformed data): a clear line, and the
+        # traceback only with --verbose.
+        if args.verbose:
+            logging.getLogger("ocrjobs").exception("%s failed", args.command)
+        print(f"ocrjobs {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
