@@ -1,0 +1,387 @@
+"""Logits to text: CTC and attention decoders, and the sequence scores the ensemble ranks with.
+
+Every decoder returns one :class:`Hypothesis` per sample: the label ids, the text, a confidence per
+character and a line confidence, defined the same way everywhere:
+
+* **line confidence** ``score = exp(log p(text | image) / (len(text) + 1))``, the geometric-mean
+  probability per output token, where the ``+ 1`` stands for the end of the sequence (the EOS token
+  of attention models; for CTC it also keeps an empty output defined). For CTC, ``p(text | image)``
+  sums over all alignments (the CTC forward algorithm); for attention models it is the product of the
+  chosen tokens' probabilities, EOS included. An attention output cut at ``max_len`` without EOS is
+  normalised by its own length. ``log(score)`` is exactly what :func:`ctc_log_likelihood` and
+  :func:`attention_log_likelihood` return for that text, so proposals and ensemble scores compare.
+* **character confidence**: for CTC, the peak probability of that character over the frames its most
+  probable alignment gives it; for attention models, the probability of that token at its step.
+
+Conventions (see ``tokenizer.py``): class 0 is the CTC blank or the attention EOS; target ids
+``>= num_classes`` are padding.
+
+>>> from ocrjobs.recognition.tokenizer import Charset, CTCTokenizer
+>>> tok = CTCTokenizer(Charset(chars="ab"))
+>>> frames = torch.tensor([[0, 1, 1, 0, 2, 0, 2]])  # blank a a blank b blank b
+>>> logits = F.one_hot(frames, 3).float() * 20
+>>> ctc_greedy_decode(logits, tok)[0].text
+'abb'
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ocrjobs.recognition.aster import AttentionRecognizer
+from ocrjobs.recognition.tokenizer import Tokenizer
+
+__all__ = [
+    "Hypothesis",
+    "attention_beam_search",
+    "attention_greedy_decode",
+    "attention_log_likelihood",
+    "attention_log_likelihood_from_logits",
+    "ctc_beam_search",
+    "ctc_greedy_decode",
+    "ctc_log_likelihood",
+]
+
+_BLANK = 0
+_EOS = 0
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded sequence.
+
+    Attributes:
+        ids: predicted class ids of the characters (no blank, EOS or padding).
+        text: ``tokenizer.decode(ids)``.
+        char_scores: one confidence in ``[0, 1]`` per id (see the module docstring).
+        score: line confidence in ``[0, 1]`` (see the module docstring).
+    """
+
+    ids: list[int]
+    text: str
+    char_scores: list[float]
+    score: float
+
+
+# ---------------------------------------------------------------- sequence scores
+
+
+def ctc_log_likelihood(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Length-normalised CTC log-likelihood of given label sequences.
+
+    Args:
+        logits: ``[b, T, num_classes]`` CTC logits (every frame is valid).
+        targets: ``[b, S]`` padded label ids (``CTCTokenizer.encode``), ``S >= 1``.
+        lengths: ``[b]`` label lengths.
+
+    Returns:
+        ``[b]`` float32: ``log p(target | image) / (length + 1)``; ``-inf`` for a label that no
+        alignment over ``T`` frames can produce.
+    """
+    if logits.shape[0] == 0:  # F.ctc_loss rejects an empty batch
+        return logits.new_zeros(0, dtype=torch.float32)
+    log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)  # [b, T, C] -> [T, b, C]
+    frames = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
+    nll = F.ctc_loss(log_probs, targets, frames, lengths, blank=_BLANK, reduction="none", zero_infinity=False)
+    return -nll / (lengths.to(nll.device).float() + 1.0)
+
+
+def attention_log_likelihood_from_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Length-normalised log-likelihood of targets under teacher-forced logits.
+
+    Args:
+        logits: ``[b, L, num_classes]`` from ``model(images, targets)`` or ``model.decode``.
+        targets: ``[b, L]`` from ``AttentionTokenizer.encode`` (characters, EOS, PAD).
+
+    Returns:
+        ``[b]`` float32: the mean log-probability of the target tokens, EOS included, PAD excluded.
+    """
+    num_classes = logits.shape[-1]
+    valid = targets < num_classes
+    log_probs = logits.float().log_softmax(dim=-1)
+    picked = log_probs.gather(-1, targets.clamp(max=num_classes - 1).unsqueeze(-1)).squeeze(-1)  # [b, L]
+    return (picked * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+
+
+def attention_log_likelihood(
+    model: AttentionRecognizer, images: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Teacher-forced, length-normalised log-likelihood of targets under an attention model.
+
+    Args:
+        model: an autoregressive recogniser (ASTER, SATRN).
+        images: ``[b, c, h, w]`` normalised images.
+        targets: ``[b, L]`` from ``AttentionTokenizer.encode``.
+
+    Returns:
+        ``[b]`` float32 mean log-probability per target token (EOS included).
+    """
+    return attention_log_likelihood_from_logits(model(images, targets), targets)
+
+
+# ---------------------------------------------------------------- CTC
+
+
+def ctc_greedy_decode(logits: torch.Tensor, tokenizer: Tokenizer) -> list[Hypothesis]:
+    """Best-path CTC decoding of a batch: argmax per frame, collapse repeats, drop blanks.
+
+    All frame-level work is batched tensor ops; Python only loops over samples to build the results.
+
+    Args:
+        logits: ``[b, T, num_classes]`` CTC logits.
+        tokenizer: maps label ids to text.
+
+    Returns:
+        One :class:`Hypothesis` per sample (empty text when every frame is blank).
+    """
+    b, t, _ = logits.shape
+    probs = logits.float().softmax(dim=-1)
+    peak, best = probs.max(dim=-1)  # [b, T]
+    previous = F.pad(best[:, :-1], (1, 0), value=-1)
+    run_start = best != previous  # [b, T]: a frame that starts a run of equal labels
+    run_id = run_start.long().cumsum(dim=1) - 1  # [b, T]: index of the run each frame belongs to
+    run_peak = torch.zeros_like(peak).scatter_reduce(1, run_id, peak, reduce="amax", include_self=False)
+    emit = run_start & (best != _BLANK)  # [b, T]: one frame per output character
+    lengths = emit.sum(dim=1)
+    char_peak = run_peak.gather(1, run_id)[emit]  # [n_chars] in sample order
+    targets = torch.zeros(b, max([1, *lengths.tolist()]), dtype=torch.long, device=logits.device)
+    rows = torch.arange(b, device=logits.device).unsqueeze(1).expand(b, t)
+    slots = emit.long().cumsum(dim=1) - 1
+    targets[rows[emit], slots[emit]] = best[emit]
+    scores = ctc_log_likelihood(logits, targets, lengths).exp()
+    out: list[Hypothesis] = []
+    split_scores = torch.split(char_peak, lengths.tolist())
+    for i in range(b):
+        ids = targets[i, : int(lengths[i])].tolist()
+        out.append(Hypothesis(ids, tokenizer.decode(ids), split_scores[i].tolist(), float(scores[i])))
+    return out
+
+
+def _logaddexp(a: float, b: float) -> float:
+    # Scalar log(exp(a) + exp(b)) on Python floats: several times faster than np.logaddexp here.
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    return max(a, b) + math.log1p(math.exp(-abs(a - b)))
+
+
+def _prefix_beam_search(log_probs: np.ndarray, beam_width: int) -> tuple[int, ...]:
+    """The most probable label sequence of one sample's ``[T, C]`` log-probabilities.
+
+    Each prefix keeps two log-probabilities: of its alignments ending in a blank and ending in its
+    last label (needed because a repeated label only extends a prefix after a blank). Only the
+    ``beam_width`` most probable labels of a frame are tried as extensions.
+    """
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+    n_ext = min(beam_width, log_probs.shape[1] - 1)
+    top_labels = np.argsort(-log_probs[:, 1:], axis=1)[:, :n_ext] + 1  # [T, n_ext]
+    for frame_array, labels in zip(log_probs, top_labels.tolist(), strict=True):
+        frame = frame_array.tolist()
+        nxt: defaultdict[tuple[int, ...], list[float]] = defaultdict(lambda: [-math.inf, -math.inf])
+        for prefix, (p_blank, p_label) in beams.items():
+            total = _logaddexp(p_blank, p_label)
+            entry = nxt[prefix]
+            entry[0] = _logaddexp(entry[0], total + frame[_BLANK])
+            if prefix:
+                # The last label repeated without a blank in between stays the same prefix.
+                entry[1] = _logaddexp(entry[1], p_label + frame[prefix[-1]])
+            for label in labels:
+                extended = nxt[(*prefix, label)]
+                # After the same label, only alignments that passed through a blank start a new one.
+                source = p_blank if prefix and prefix[-1] == label else total
+                extended[1] = _logaddexp(extended[1], source + frame[label])
+        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_width]
+        beams = {prefix: (pb, pl) for prefix, (pb, pl) in ranked}
+    return max(beams, key=lambda prefix: _logaddexp(*beams[prefix]))
+
+
+def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
+    """Per-character peak probability along the most probable (Viterbi) alignment of ``ids``."""
+    if not ids:
+        return []
+    n_frames = log_probs.shape[0]
+    states = np.zeros(2 * len(ids) + 1, dtype=np.int64)  # blank, id0, blank, id1, ..., blank
+    states[1::2] = ids
+    n = len(states)
+    skip = np.zeros(n, dtype=bool)  # may jump over the blank before it (labels differ)
+    skip[3::2] = states[3::2] != states[1:-2:2]
+    emit = log_probs[:, states]  # [T, S]
+    dp = np.full(n, -np.inf)
+    dp[:2] = emit[0, :2]
+    back = np.zeros((n_frames, n), dtype=np.int64)
+    for t in range(1, n_frames):
+        stay = dp
+        step = np.concatenate([[-np.inf], dp[:-1]])
+        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], dp[:-2]]), -np.inf)
+        choices = np.stack([stay, step, jump])  # [3, S]
+        back[t] = choices.argmax(axis=0)
+        dp = choices.max(axis=0) + emit[t]
+    end = n - 1 if n == 1 or dp[n - 1] >= dp[n - 2] else n - 2
+    if not np.isfinite(dp[end]):
+        return [0.0] * len(ids)
+    scores = np.zeros(len(ids))
+    state = end
+    for t in range(n_frames - 1, -1, -1):
+        if state % 2 == 1:
+            k = state // 2
+            scores[k] = max(scores[k], math.exp(emit[t, state]))
+        state -= back[t, state]
+    return scores.tolist()
+
+
+def ctc_beam_search(logits: torch.Tensor, tokenizer: Tokenizer, beam_width: int = 5) -> list[Hypothesis]:
+    """CTC prefix beam search, one sample at a time.
+
+    Unlike greedy decoding it sums the probabilities of all alignments of a prefix, so it can prefer a
+    text that no single best frame sequence spells. On peaked outputs, and with ``beam_width=1``
+    whenever the best alignment dominates, it returns the greedy text.
+
+    Args:
+        logits: ``[b, T, num_classes]`` CTC logits.
+        tokenizer: maps label ids to text.
+        beam_width: prefixes kept per frame (and labels tried per frame).
+
+    Returns:
+        One :class:`Hypothesis` per sample.
+
+    Raises:
+        ValueError: ``beam_width < 1``.
+    """
+    if beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    log_probs = logits.float().log_softmax(dim=-1)
+    lp = log_probs.detach().cpu().numpy()
+    best = [_prefix_beam_search(sample, beam_width) for sample in lp]
+    lengths = torch.tensor([len(ids) for ids in best], dtype=torch.long)
+    targets = torch.zeros(len(best), max([1, *lengths.tolist()]), dtype=torch.long)
+    for i, ids in enumerate(best):
+        targets[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    scores = ctc_log_likelihood(logits, targets.to(logits.device), lengths.to(logits.device)).exp().tolist()
+    return [
+        Hypothesis(list(ids), tokenizer.decode(list(ids)), _ctc_char_scores(sample, ids), score)
+        for ids, sample, score in zip(best, lp, scores, strict=True)
+    ]
+
+
+# ---------------------------------------------------------------- attention
+
+
+def attention_greedy_decode(logits: torch.Tensor, tokenizer: Tokenizer) -> list[Hypothesis]:
+    """Decode greedy autoregressive logits (``model.generate``) for a batch: cut at the first EOS.
+
+    Args:
+        logits: ``[b, t, num_classes]`` generated logits (``t`` is the length limit that was used).
+        tokenizer: maps ids to text.
+
+    Returns:
+        One :class:`Hypothesis` per sample; a sample without EOS keeps all ``t`` tokens.
+    """
+    b, t, _ = logits.shape
+    log_probs = logits.float().log_softmax(dim=-1)
+    best_lp, best = log_probs.max(dim=-1)  # [b, t]
+    is_eos = best == _EOS
+    n_chars = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1), t)  # [b]
+    steps = torch.arange(t, device=logits.device).unsqueeze(0)
+    scored = steps <= n_chars.unsqueeze(1)  # characters, then the EOS if it was emitted
+    mean_lp = (best_lp * scored).sum(dim=1) / scored.sum(dim=1)
+    scores = mean_lp.exp().tolist()
+    ids_all, probs_all, lengths = best.tolist(), best_lp.exp().tolist(), n_chars.tolist()
+    out: list[Hypothesis] = []
+    for i in range(b):
+        ids = ids_all[i][: lengths[i]]
+        out.append(Hypothesis(ids, tokenizer.decode(ids), probs_all[i][: lengths[i]], scores[i]))
+    return out
+
+
+@dataclass
+class _Beam:
+    ids: list[int]
+    log_prob: float
+    token_log_probs: list[float]
+
+    def normalized(self) -> float:
+        return self.log_prob / max(1, len(self.token_log_probs))
+
+
+def attention_beam_search(
+    model: AttentionRecognizer,
+    images: torch.Tensor,
+    tokenizer: Tokenizer,
+    beam_width: int = 5,
+    max_len: int = 32,
+) -> list[Hypothesis]:
+    """Beam search over an attention model, one sample at a time (the encoder runs batched).
+
+    Each step expands the live beams by every class and keeps the ``beam_width`` best by summed
+    log-probability; an expansion by EOS among them is set aside as finished. Search ends when no
+    beam is live, when no live beam could beat the best finished one even by ending at the next step
+    (the usual heuristic for length-normalised scores), or after ``max_len`` steps. The finished
+    hypothesis with the best mean log-probability per token wins (live ones only when none finished).
+    With ``beam_width=1`` this is greedy decoding.
+
+    Args:
+        model: an autoregressive recogniser.
+        images: ``[b, c, h, w]`` normalised images.
+        tokenizer: maps ids to text.
+        beam_width: hypotheses kept per step.
+        max_len: most decoding steps (EOS included).
+
+    Returns:
+        One :class:`Hypothesis` per sample.
+
+    Raises:
+        ValueError: ``beam_width < 1`` or ``max_len < 1``.
+    """
+    if beam_width < 1 or max_len < 1:
+        raise ValueError(f"beam_width and max_len must be >= 1, got {beam_width} and {max_len}")
+    memory = model.encode(images)
+    out: list[Hypothesis] = []
+    for i in range(images.shape[0]):
+        state = model.init_state(memory[i : i + 1])
+        tokens = torch.tensor([model.bos_id], dtype=torch.long, device=images.device)
+        live = [_Beam([], 0.0, [])]
+        finished: list[_Beam] = []
+        for _ in range(max_len):
+            logits, state = model.step(state, tokens)
+            log_probs = logits.float().log_softmax(dim=-1)  # [live, C]
+            totals = (
+                log_probs + torch.tensor([beam.log_prob for beam in live], device=log_probs.device)[:, None]
+            )
+            top = totals.flatten().topk(min(beam_width, totals.numel()))
+            rows: list[int] = []
+            next_live: list[_Beam] = []
+            for value, index in zip(top.values.tolist(), top.indices.tolist(), strict=True):
+                row, token = divmod(index, totals.shape[1])
+                parent = live[row]
+                token_lp = [*parent.token_log_probs, float(log_probs[row, token])]
+                if token == _EOS:
+                    finished.append(_Beam(parent.ids, value, token_lp))
+                else:
+                    next_live.append(_Beam([*parent.ids, token], value, token_lp))
+                    rows.append(row)
+            if not next_live:
+                break
+            if finished:
+                # Stop once no live beam would beat the best finished one even by ending next step
+                # with probability 1 (the usual length-normalised heuristic, as in HF generate).
+                best_done = max(beam.normalized() for beam in finished)
+                if all(beam.log_prob / (len(beam.token_log_probs) + 1) <= best_done for beam in next_live):
+                    break
+            index_rows = torch.tensor(rows, dtype=torch.long, device=images.device)
+            state = tuple(part.index_select(0, index_rows) for part in state)
+            tokens = torch.tensor(
+                [beam.ids[-1] for beam in next_live], dtype=torch.long, device=images.device
+            )
+            live = next_live
+        best = max(finished or live, key=_Beam.normalized)
+        char_scores = [math.exp(lp) for lp in best.token_log_probs[: len(best.ids)]]
+        out.append(Hypothesis(best.ids, tokenizer.decode(best.ids), char_scores, math.exp(best.normalized())))
+    return out

@@ -1,0 +1,405 @@
+"""The recognition predictor: line crops in, text out. Bulk jobs, Serve and ``eval`` wrap this class.
+
+Preprocessing (also used by training so that both see the same pixels):
+
+1. :func:`orient_crop`: a crop narrower than ``0.75`` of its height is taken as a text line that runs
+   top to bottom and is turned 90° counter-clockwise (``np.rot90``), as PaddleOCR's
+   ``get_rotate_crop_image`` does, so it reads left to right.
+2. :func:`resize_crop`: resize to the model height keeping the aspect ratio, width capped at ``width``.
+3. :func:`to_batch`: normalise with ``mean``/``std`` and pad on the right to a common width by
+   repeating each crop's last column. For a tight text crop that column is background, so padding
+   looks like a wider margin rather than a hard edge, and a crop reads the same in any batch width.
+
+CTC models get batches of crops sorted by width, each padded to the widest crop of the batch rounded up
+to 16 px; attention models get every crop padded to the fixed ``width``. Results come back in input order.
+
+>>> from ocrjobs.recognition.models import build_recognizer
+>>> from ocrjobs.recognition.tokenizer import CTCTokenizer
+>>> tokenizer = CTCTokenizer()
+>>> model = build_recognizer("crnn_small", tokenizer.num_classes, channels=(8, 8, 8, 8), hidden=8)
+>>> predictor = RecognitionPredictor(model, tokenizer)
+>>> [type(r).__name__ for r in predictor([np.zeros((20, 60, 3), np.uint8)])]
+['RecognizedText']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+import torch
+
+from ocrjobs.config import ConfigError
+from ocrjobs.recognition.decode import (
+    Hypothesis,
+    attention_beam_search,
+    attention_greedy_decode,
+    attention_log_likelihood_from_logits,
+    ctc_beam_search,
+    ctc_greedy_decode,
+    ctc_log_likelihood,
+)
+from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwargs, build_recognizer
+from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
+from ocrjobs.registry import ModelSpec, read_model_dir, write_model_dir
+
+__all__ = ["MIN_ASPECT", "RecognitionPredictor", "RecognizedText", "orient_crop", "resize_crop", "to_batch"]
+
+MIN_ASPECT = 0.75
+# CTC batches are padded to a multiple of this width: few distinct shapes, and always a multiple of
+# the 4 px a CTC frame covers.
+_WIDTH_STEP = 16
+_PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
+_POSTPROCESS_KEYS = frozenset({"decoder", "beam_width", "max_len"})
+
+
+@dataclass
+class RecognizedText:
+    """One recognised crop.
+
+    Attributes:
+        text: the recognised text (``""`` for an empty crop or when nothing was read).
+        score: line confidence in ``[0, 1]``: ``exp`` of the length-normalised log-likelihood of
+            ``text`` (see ``ocrjobs.recognition.decode``); 0 for an empty crop.
+        char_scores: one confidence per character of ``text``.
+    """
+
+    text: str
+    score: float
+    char_scores: list[float]
+
+
+def orient_crop(crop: np.ndarray, min_aspect: float = MIN_ASPECT) -> np.ndarray:
+    """Turn a tall crop 90° counter-clockwise so top-to-bottom text reads left to right.
+
+    Args:
+        crop: ``[h, w, 3]`` image.
+        min_aspect: crops with ``w / h`` below this are turned.
+
+    Returns:
+        The crop, turned or as given.
+    """
+    h, w = crop.shape[:2]
+    if w < min_aspect * h:
+        return np.ascontiguousarray(np.rot90(crop))
+    return crop
+
+
+def resize_crop(crop: np.ndarray, height: int, max_width: int) -> np.ndarray:
+    """Resize to ``height`` keeping the aspect ratio; wider results are squeezed to ``max_width``.
+
+    Args:
+        crop: ``[h, w, 3]`` uint8 image (``h, w >= 1``).
+        height: output height.
+        max_width: widest output.
+
+    Returns:
+        ``[height, w', 3]`` uint8 with ``1 <= w' <= max_width``.
+    """
+    h, w = crop.shape[:2]
+    new_w = min(max_width, max(1, round(w * height / h)))
+    # INTER_AREA averages when shrinking (no aliasing of thin strokes); linear when enlarging.
+    interpolation = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
+    return cv2.resize(crop, (new_w, height), interpolation=interpolation)
+
+
+def to_batch(
+    crops: Sequence[np.ndarray],
+    width: int,
+    mean: Sequence[float] = (0.5, 0.5, 0.5),
+    std: Sequence[float] = (0.5, 0.5, 0.5),
+) -> torch.Tensor:
+    """Stack resized crops of one height into a normalised batch, padded on the right with each crop's
+    last column repeated (more background margin, not a hard edge).
+
+    Args:
+        crops: ``[h, w_i, 3]`` uint8 RGB images with ``w_i <= width``.
+        width: batch width.
+        mean: per-channel mean of ``[0, 1]`` pixel values.
+        std: per-channel standard deviation.
+
+    Returns:
+        ``[b, 3, h, width]`` float32.
+
+    Raises:
+        ValueError: crops differ in height or one is wider than ``width``.
+    """
+    heights = {c.shape[0] for c in crops}
+    if len(heights) != 1 or max(c.shape[1] for c in crops) > width:
+        raise ValueError(f"crops need one height and width <= {width}, got {[c.shape for c in crops]}")
+    mean_arr = np.asarray(mean, np.float32) * 255.0
+    scale = 1.0 / (np.asarray(std, np.float32) * 255.0)
+    out = np.empty((len(crops), heights.pop(), width, 3), np.float32)
+    for i, crop in enumerate(crops):
+        normalised = (crop.astype(np.float32) - mean_arr) * scale
+        out[i, :, : crop.shape[1]] = normalised
+        out[i, :, crop.shape[1] :] = normalised[:, -1:]
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()  # [b, h, w, 3] -> [b, 3, h, w]
+
+
+def _check_crop(crop: np.ndarray, index: int) -> None:
+    if not isinstance(crop, np.ndarray) or crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
+        shape = getattr(crop, "shape", None)
+        raise ValueError(
+            f"crop {index}: expected an RGB uint8 array [h, w, 3], got {type(crop).__name__} {shape}"
+        )
+
+
+class RecognitionPredictor:
+    """Preprocess line crops, run a recogniser under ``torch.inference_mode()`` and decode.
+
+    Every call puts the model in eval mode (a training loop that validates through a predictor must
+    switch it back with ``model.train()``).
+
+    Args:
+        model: a recogniser from ``ocrjobs.recognition.models`` (CTC or attention).
+        tokenizer: its tokenizer (same ``decoding`` and ``num_classes``).
+        height: model input height.
+        width: CTC models: widest input (wider crops are squeezed); attention models: the fixed input
+            width every crop is padded to.
+        decoder: ``"greedy"`` or ``"beam"``.
+        beam_width: beams for ``decoder="beam"``.
+        max_len: attention models: most decoding steps (EOS included).
+        device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); the model is moved there.
+        batch_size: crops per forward pass.
+        amp: autocast (bfloat16, or float16 on GPUs without bfloat16); decoding runs in float32.
+        mean: normalisation mean of ``[0, 1]`` RGB values.
+        std: normalisation standard deviation.
+        name: model name (for model folders and outputs); defaults to the arch.
+        version: model version written beside results.
+
+    Raises:
+        ValueError: tokenizer and model disagree, or a setting is out of range.
+    """
+
+    def __init__(
+        self,
+        model: Recognizer,
+        tokenizer: Tokenizer,
+        *,
+        height: int = 32,
+        width: int = 256,
+        decoder: Literal["greedy", "beam"] = "greedy",
+        beam_width: int = 5,
+        max_len: int = 32,
+        device: str | torch.device = "cpu",
+        batch_size: int = 64,
+        amp: bool = False,
+        mean: Sequence[float] = (0.5, 0.5, 0.5),
+        std: Sequence[float] = (0.5, 0.5, 0.5),
+        name: str | None = None,
+        version: str = "0",
+    ) -> None:
+        if tokenizer.decoding != model.decoding or tokenizer.num_classes != model.num_classes:
+            raise ValueError(
+                f"tokenizer ({tokenizer.decoding}, {tokenizer.num_classes} classes) does not fit the model "
+                f"({model.decoding}, {model.num_classes} classes)"
+            )
+        if decoder not in ("greedy", "beam"):
+            raise ValueError(f"decoder must be 'greedy' or 'beam', got {decoder!r}")
+        if min(height, width, beam_width, max_len, batch_size) < 1 or len(mean) != 3 or len(std) != 3:
+            raise ValueError(
+                "height, width, beam_width, max_len and batch_size must be >= 1; mean/std 3 values"
+            )
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.height = int(height)
+        self.width = int(width)
+        self.decoder = decoder
+        self.beam_width = int(beam_width)
+        self.max_len = int(max_len)
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.name = name or model.config.arch
+        self.version = version
+
+    # ------------------------------------------------------------ inference
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> list[RecognizedText]:
+        """Recognise line crops.
+
+        Args:
+            crops: ``[h, w, 3]`` uint8 RGB crops; an empty one (``h`` or ``w`` = 0) reads as ``""``.
+
+        Returns:
+            One :class:`RecognizedText` per crop, in input order.
+
+        Raises:
+            ValueError: a crop is not an RGB uint8 array.
+        """
+        results = [RecognizedText("", 0.0, []) for _ in crops]
+        for indices, batch in self._batches(crops):
+            for i, hyp in zip(indices, self._decode(batch), strict=True):
+                results[i] = RecognizedText(hyp.text, hyp.score, hyp.char_scores)
+        return results
+
+    def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Length-normalised log-likelihood of candidate texts under this model (ensemble scoring).
+
+        Args:
+            crops: ``[h, w, 3]`` uint8 RGB crops.
+            candidates: for each crop, the texts to score.
+
+        Returns:
+            For each crop, one score per candidate: ``log p(text | crop) / (len(text) + 1)`` (CTC), or
+            the mean log-probability per token with EOS (attention); ``-inf`` for a text with characters
+            outside the charset, one a CTC model cannot align, or any text of an empty crop.
+
+        Raises:
+            ValueError: ``crops`` and ``candidates`` differ in length, or a crop is not RGB uint8.
+        """
+        if len(crops) != len(candidates):
+            raise ValueError(f"{len(crops)} crops but {len(candidates)} candidate lists")
+        scores = [[-math.inf] * len(texts) for texts in candidates]
+        for indices, batch in self._batches(crops):
+            pairs = [(k, j) for k, i in enumerate(indices) for j, text in enumerate(candidates[i])]
+            pairs = [(k, j) for k, j in pairs if self.tokenizer.can_encode(candidates[indices[k]][j])]
+            if not pairs:
+                continue
+            rows = torch.tensor([k for k, _ in pairs], dtype=torch.long, device=self.device)
+            targets, lengths = self.tokenizer.encode([candidates[indices[k]][j] for k, j in pairs])
+            targets, lengths = targets.to(self.device), lengths.to(self.device)
+            with self._inference():
+                if isinstance(self.model, AttentionRecognizer):
+                    memory = self.model.encode(batch).index_select(0, rows)
+                    values = attention_log_likelihood_from_logits(self.model.decode(memory, targets), targets)
+                else:
+                    logits = self.model(batch).index_select(0, rows)
+                    values = ctc_log_likelihood(logits, targets, lengths)
+            for (k, j), value in zip(pairs, values.tolist(), strict=True):
+                scores[indices[k]][j] = value
+        return scores
+
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        dtype = torch.bfloat16
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            dtype = torch.float16
+        # The model may be shared with a training loop (validation): always infer in eval mode.
+        self.model.eval()
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=dtype, enabled=self.amp):
+            yield
+
+    def _batches(self, crops: Sequence[np.ndarray]) -> Iterator[tuple[list[int], torch.Tensor]]:
+        """``(input indices, [b, 3, height, W] batch on the device)`` for the non-empty crops."""
+        resized: dict[int, np.ndarray] = {}
+        for i, crop in enumerate(crops):
+            _check_crop(crop, i)
+            if crop.shape[0] and crop.shape[1]:
+                resized[i] = resize_crop(orient_crop(crop), self.height, self.width)
+        order = sorted(resized, key=lambda i: resized[i].shape[1])
+        fixed = isinstance(self.model, AttentionRecognizer)
+        for start in range(0, len(order), self.batch_size):
+            indices = order[start : start + self.batch_size]
+            images = [resized[i] for i in indices]
+            width = self.width if fixed else _WIDTH_STEP * math.ceil(images[-1].shape[1] / _WIDTH_STEP)
+            yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
+
+    def _decode(self, batch: torch.Tensor) -> list[Hypothesis]:
+        with self._inference():
+            if isinstance(self.model, AttentionRecognizer):
+                if self.decoder == "beam":
+                    return attention_beam_search(
+                        self.model, batch, self.tokenizer, self.beam_width, self.max_len
+                    )
+                return attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
+            logits = self.model(batch)
+            if self.decoder == "beam":
+                return ctc_beam_search(logits, self.tokenizer, self.beam_width)
+            return ctc_greedy_decode(logits, self.tokenizer)
+
+    # ------------------------------------------------------------ model folders
+
+    @classmethod
+    def from_model_dir(
+        cls, path: str | Path, device: str | torch.device = "cpu", **overrides: Any
+    ) -> RecognitionPredictor:
+        """Load a predictor from a model folder (local path or ``s3://``).
+
+        Args:
+            path: the folder (``config.yaml`` + ``model.safetensors``).
+            device: torch device.
+            **overrides: constructor arguments that win over the folder's settings (e.g. ``decoder``).
+
+        Returns:
+            The predictor, model in eval mode on ``device``.
+
+        Raises:
+            ConfigError: the folder is not a recognition model or its settings are unknown.
+            FileNotFoundError: a file is missing.
+        """
+        spec, weights = read_model_dir(path)
+        if spec.task != "recognition" or spec.charset is None:
+            raise ConfigError(
+                f"{path}: not a recognition model folder (task {spec.task!r}, charset {spec.charset})"
+            )
+        unknown = (set(spec.preprocess) - _PREPROCESS_KEYS) | (set(spec.postprocess) - _POSTPROCESS_KEYS)
+        if unknown:
+            raise ConfigError(
+                f"{path}: unknown recognition settings {sorted(unknown)}; preprocess takes "
+                f"{sorted(_PREPROCESS_KEYS)}, postprocess {sorted(_POSTPROCESS_KEYS)}"
+            )
+        charset = Charset.from_dict(spec.charset)
+        kwargs = dict(spec.arch_kwargs)
+        # Both tokenizers have len(charset) + 1 classes (blank or EOS first).
+        num_classes = int(kwargs.pop("num_classes", len(charset) + 1))
+        model = build_recognizer(spec.arch, num_classes, **kwargs)
+        model.load_state_dict(weights)
+        settings: dict[str, Any] = {
+            **spec.preprocess,
+            **spec.postprocess,
+            "name": spec.name,
+            "version": spec.version,
+        }
+        settings.update(overrides)
+        return cls(model, make_tokenizer(model.decoding, charset), device=device, **settings)
+
+    def model_spec(self, metrics: dict[str, float] | None = None) -> ModelSpec:
+        """This predictor's model folder config (arch, full arch kwargs, pre/post-processing, charset).
+
+        Args:
+            metrics: headline metrics to record.
+
+        Returns:
+            The :class:`~ocrjobs.registry.ModelSpec`.
+        """
+        return ModelSpec(
+            name=self.name,
+            task="recognition",
+            arch=self.model.config.arch,
+            arch_kwargs=arch_kwargs(self.model),
+            preprocess={
+                "height": self.height,
+                "width": self.width,
+                "mean": list(self.mean),
+                "std": list(self.std),
+            },
+            postprocess={"decoder": self.decoder, "beam_width": self.beam_width, "max_len": self.max_len},
+            charset=self.tokenizer.to_dict(),
+            version=self.version,
+            metrics=metrics or {},
+        )
+
+    def save_model_dir(
+        self, path: str | Path, card: str | None = None, metrics: dict[str, float] | None = None
+    ) -> str:
+        """Write this predictor as a model folder that :meth:`from_model_dir` loads back.
+
+        Args:
+            path: destination (local path or ``s3://``).
+            card: ``CARD.md`` text (``None`` leaves an existing card alone).
+            metrics: headline metrics for ``config.yaml``.
+
+        Returns:
+            The folder URI.
+        """
+        return write_model_dir(path, self.model_spec(metrics), self.model.state_dict(), card)

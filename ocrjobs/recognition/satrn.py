@@ -1,0 +1,334 @@
+"""SATRN: a shallow CNN, a 2-D self-attention encoder and a transformer decoder.
+
+Paper: J. Lee, S. Park, J. Baek, S. J. Oh, S. Kim, H. Lee, "On Recognizing Texts of Arbitrary Shapes
+with 2D Self-Attention", CVPR Workshops 2020. The decoder is the standard transformer decoder
+(Vaswani et al., NeurIPS 2017) with sinusoidal positions.
+
+Stages: ``features`` (two conv + 2x2 max-pool blocks: ``[b, 3, H, W] -> [b, d, H/4, W/4]``) ->
+``sequence`` (adaptive 2-D positional encoding, then encoder layers of self-attention over all ``h*w``
+positions and a locality-aware feed-forward, a depthwise 3x3 conv between two 1x1 convs) ->
+``prediction`` (transformer decoder over the flattened memory).
+
+The encoder output stays a 2-D feature map ``[b, d, h, w]`` (:meth:`SATRN.encode`): positions keep
+their rows and columns, which multi-line inputs such as formulas rely on. Any input size whose sides are
+multiples of 4 works (positions are computed for the actual ``h, w``); the predictor's ``height`` and
+``width`` choose it.
+
+>>> model = satrn(num_classes=96).eval()
+>>> model.encode(torch.zeros(2, 3, 32, 100)).shape
+torch.Size([2, 256, 8, 25])
+>>> model(torch.zeros(2, 3, 32, 100), torch.zeros(2, 7, dtype=torch.long)).shape
+torch.Size([2, 7, 96])
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ocrjobs.recognition.aster import AttentionRecognizer, State
+
+__all__ = [
+    "SATRN",
+    "AdaptivePositionalEncoding2D",
+    "LocalityAwareFeedForward",
+    "SATRNConfig",
+    "SATRNEncoder",
+    "SATRNEncoderLayer",
+    "ShallowCNN",
+    "TransformerDecoderHead",
+    "satrn",
+    "sinusoidal_positions",
+]
+
+
+def sinusoidal_positions(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Transformer sinusoidal encodings ``[length, dim]`` (sin on even features, cos on odd ones).
+
+    Args:
+        length: number of positions.
+        dim: features per position (even).
+        device: where to build them.
+
+    Returns:
+        ``[length, dim]`` float32 encodings.
+    """
+    position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
+    out = torch.zeros(length, dim, device=device)
+    out[:, 0::2] = torch.sin(position * freq)
+    out[:, 1::2] = torch.cos(position * freq)
+    return out
+
+
+class ShallowCNN(nn.Module):
+    """Two conv-BN-ReLU + 2x2 max-pool blocks: ``[b, in, H, W] -> [b, dim, H/4, W/4]``.
+
+    Args:
+        in_channels: image channels.
+        dim: output channels (the model width); the first block has ``dim // 2``.
+    """
+
+    def __init__(self, in_channels: int, dim: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, dim // 2, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(dim // 2),
+            nn.ReLU(True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(dim // 2, dim, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(True),
+            nn.MaxPool2d(2, 2),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, in, H, W] -> [b, dim, H/4, W/4]``."""
+        return self.layers(images)
+
+
+class AdaptivePositionalEncoding2D(nn.Module):
+    """A2DPE: ``x + alpha(x) * p_h + beta(x) * p_w`` with sinusoidal row/column encodings.
+
+    The gates ``alpha`` and ``beta`` (per channel, in ``(0, 1)``) come from two-layer MLPs on the
+    globally average-pooled feature map, so the model can weigh vertical against horizontal position
+    per image (more for rotated or multi-line text).
+
+    Args:
+        dim: channels of the feature map.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.height_gate = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(True), nn.Linear(dim, dim), nn.Sigmoid()
+        )
+        self.width_gate = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(True), nn.Linear(dim, dim), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[b, d, h, w] -> [b, d, h, w]`` with positions added."""
+        _, d, h, w = x.shape
+        pooled = x.mean(dim=(2, 3))  # [b, d, h, w] -> [b, d]
+        alpha = self.height_gate(pooled)[:, :, None, None]  # [b, d] -> [b, d, 1, 1]
+        beta = self.width_gate(pooled)[:, :, None, None]
+        p_h = sinusoidal_positions(h, d, x.device).to(x.dtype).T[None, :, :, None]  # [h, d] -> [1, d, h, 1]
+        p_w = sinusoidal_positions(w, d, x.device).to(x.dtype).T[None, :, None, :]  # [w, d] -> [1, d, 1, w]
+        return x + alpha * p_h + beta * p_w
+
+
+class LocalityAwareFeedForward(nn.Module):
+    """SATRN's feed-forward: 1x1 conv, depthwise 3x3 conv, 1x1 conv (ReLU between) on the 2-D map.
+
+    Args:
+        dim: model width.
+        hidden: inner width.
+        dropout: dropout on the output.
+    """
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(dim, hidden, 1),
+            nn.ReLU(True),
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden),
+            nn.ReLU(True),
+            nn.Conv2d(hidden, dim, 1),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[b, d, h, w] -> [b, d, h, w]``."""
+        return self.layers(x)
+
+
+class SATRNEncoderLayer(nn.Module):
+    """Pre-norm encoder layer: 2-D self-attention then the locality-aware feed-forward.
+
+    Args:
+        dim: model width.
+        heads: attention heads.
+        ff: feed-forward inner width.
+        dropout: dropout rate.
+    """
+
+    def __init__(self, dim: int, heads: int, ff: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.ff_norm = nn.LayerNorm(dim)
+        self.feed_forward = LocalityAwareFeedForward(dim, ff, dropout)
+
+    def forward(self, seq: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``seq [b, h*w, d]`` of a ``size = (h, w)`` map -> ``[b, h*w, d]``."""
+        y = self.attn_norm(seq)
+        seq = seq + self.attn_dropout(self.attn(y, y, y, need_weights=False)[0])
+        b, _, d = seq.shape
+        y = self.ff_norm(seq).transpose(1, 2).reshape(b, d, *size)  # [b, h*w, d] -> [b, d, h, w]
+        return seq + self.feed_forward(y).flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
+
+
+class SATRNEncoder(nn.Module):
+    """A2DPE then ``layers`` :class:`SATRNEncoderLayer` s and a final LayerNorm; keeps the map 2-D.
+
+    Args:
+        dim: model width.
+        heads: attention heads.
+        ff: feed-forward inner width.
+        layers: number of encoder layers.
+        dropout: dropout rate.
+    """
+
+    def __init__(self, dim: int, heads: int, ff: int, layers: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.positional = AdaptivePositionalEncoding2D(dim)
+        self.layers = nn.ModuleList(SATRNEncoderLayer(dim, heads, ff, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[b, d, h, w] -> [b, d, h, w]``."""
+        b, d, h, w = x.shape
+        seq = self.positional(x).flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
+        for layer in self.layers:
+            seq = layer(seq, (h, w))
+        return self.norm(seq).transpose(1, 2).reshape(b, d, h, w)  # [b, h*w, d] -> [b, d, h, w]
+
+
+class TransformerDecoderHead(nn.Module):
+    """Pre-norm transformer decoder over a memory sequence, with token embeddings and a classifier.
+
+    Args:
+        num_classes: output classes (EOS + characters); ``num_classes + 2`` tokens are embedded.
+        dim: model width.
+        heads: attention heads.
+        ff: feed-forward inner width.
+        layers: decoder layers.
+        dropout: dropout rate.
+    """
+
+    def __init__(
+        self, num_classes: int, dim: int, heads: int, ff: int, layers: int, dropout: float = 0.0
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.embedding = nn.Embedding(num_classes + 2, dim, padding_idx=num_classes + 1)
+        layer = nn.TransformerDecoderLayer(dim, heads, ff, dropout, batch_first=True, norm_first=True)
+        self.transformer = nn.TransformerDecoder(layer, layers, norm=nn.LayerNorm(dim))
+        self.classifier = nn.Linear(dim, num_classes)
+
+    def forward(self, memory: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Causal decoding.
+
+        Args:
+            memory: ``[b, n, d]`` encoder output.
+            inputs: ``[b, L]`` input tokens (BOS then the previous targets).
+
+        Returns:
+            ``[b, L, num_classes]`` logits; position ``t`` sees inputs ``0..t`` only.
+        """
+        length = inputs.shape[1]
+        x = self.embedding(inputs) * math.sqrt(self.dim)
+        x = x + sinusoidal_positions(length, self.dim, inputs.device).to(x.dtype)
+        mask = nn.Transformer.generate_square_subsequent_mask(length, device=inputs.device, dtype=x.dtype)
+        x = self.transformer(x, memory, tgt_mask=mask, tgt_is_causal=True)
+        return self.classifier(x)
+
+
+@dataclass(frozen=True)
+class SATRNConfig:
+    """SATRN hyper-parameters; the defaults are the ``satrn`` preset (~8.6 M parameters).
+
+    Attributes:
+        num_classes: output classes (``AttentionTokenizer.num_classes``: EOS + characters).
+        arch: the ``ARCHS`` key this config started from (written to model folders).
+        in_channels: image channels.
+        dim: model width (CNN output channels, attention width).
+        heads: attention heads.
+        encoder_layers: encoder layers.
+        decoder_layers: decoder layers.
+        encoder_ff: locality-aware feed-forward inner width.
+        decoder_ff: decoder feed-forward inner width.
+        dropout: dropout rate.
+    """
+
+    num_classes: int
+    arch: str = "satrn"
+    in_channels: int = 3
+    dim: int = 256
+    heads: int = 8
+    encoder_layers: int = 6
+    decoder_layers: int = 3
+    encoder_ff: int = 1024
+    decoder_ff: int = 1024
+    dropout: float = 0.1
+
+
+class SATRN(AttentionRecognizer):
+    """Shallow CNN + 2-D transformer encoder + transformer decoder.
+
+    Args:
+        config: hyper-parameters.
+    """
+
+    def __init__(self, config: SATRNConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.features = ShallowCNN(config.in_channels, config.dim)
+        self.sequence = SATRNEncoder(
+            config.dim, config.heads, config.encoder_ff, config.encoder_layers, config.dropout
+        )
+        self.prediction = TransformerDecoderHead(
+            config.num_classes,
+            config.dim,
+            config.heads,
+            config.decoder_ff,
+            config.decoder_layers,
+            config.dropout,
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Output classes (EOS + characters)."""
+        return self.config.num_classes
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """``[b, 3, H, W]`` -> the encoded 2-D feature map ``[b, dim, H/4, W/4]``."""
+        return self.sequence(self.features(images))
+
+    def decode(self, memory: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits ``[b, L, num_classes]``, all positions in parallel."""
+        flat = memory.flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
+        return self.prediction(flat, self.decoder_inputs(targets))
+
+    def init_state(self, memory: torch.Tensor) -> State:
+        """``(flattened memory [b, h*w, d], tokens fed so far [b, 0])``."""
+        flat = memory.flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
+        return flat, torch.zeros(flat.shape[0], 0, dtype=torch.long, device=flat.device)
+
+    def step(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Append ``tokens [b]`` to the prefix and decode it; returns the last position's logits."""
+        flat, prefix = state
+        prefix = torch.cat([prefix, tokens.unsqueeze(1)], dim=1)
+        # No key/value cache: the prefix is re-decoded each step (label lengths are short).
+        logits = self.prediction(flat, prefix)[:, -1]
+        return logits, (flat, prefix)
+
+
+def satrn(num_classes: int, **kwargs: Any) -> SATRN:
+    """SATRN with width 256, 8 heads, 6 encoder and 3 decoder layers.
+
+    Args:
+        num_classes: output classes (EOS + characters).
+        **kwargs: :class:`SATRNConfig` fields to override.
+
+    Returns:
+        The model.
+
+    >>> sum(p.numel() for p in satrn(96).parameters()) // 10**5 / 10
+    8.5
+    """
+    return SATRN(SATRNConfig(num_classes=num_classes, arch="satrn", **kwargs))

@@ -1,0 +1,201 @@
+"""Every recogniser in ARCHS: output shapes, finite and decreasing loss, config round trip, contracts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from ocrjobs.recognition.aster import ASTER, AttentionRecognizer
+from ocrjobs.recognition.losses import attention_loss, ctc_loss
+from ocrjobs.recognition.models import ARCHS, Recognizer, arch_kwargs, build_recognizer
+from ocrjobs.recognition.satrn import SATRN
+from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset, make_tokenizer
+
+NUM_CLASSES = 96
+
+# Small enough to train in seconds on one CPU thread; one entry per ARCHS key (checked below).
+TINY: dict[str, dict[str, Any]] = {
+    "crnn_small": {"channels": (16, 32, 48, 64), "hidden": 48, "lstm_layers": 1, "dropout": 0.0},
+    "crnn_vgg": {"channels": (16, 32, 48, 64), "hidden": 48, "lstm_layers": 1, "dropout": 0.0},
+    "crnn_resnet": {
+        "channels": (16, 24, 32, 48),
+        "depths": (1, 1, 1, 1),
+        "hidden": 48,
+        "lstm_layers": 1,
+        "dropout": 0.0,
+    },
+    "aster": {
+        "channels": (16, 32, 48, 64, 64),
+        "depths": (1, 1, 1, 1, 1),
+        "hidden": 48,
+        "decoder_hidden": 64,
+        "embed_dim": 32,
+        "attn_dim": 32,
+        "tps_channels": (8, 16, 32),
+        "tps_points": 10,
+        "width": 96,
+    },
+    "satrn": {
+        "dim": 64,
+        "heads": 4,
+        "encoder_layers": 2,
+        "decoder_layers": 1,
+        "encoder_ff": 128,
+        "decoder_ff": 128,
+        "dropout": 0.0,
+    },
+}
+
+
+DECODING = {arch: build_recognizer(arch, NUM_CLASSES, **TINY[arch]).decoding for arch in ARCHS}
+CTC_ARCHS = sorted(a for a, kind in DECODING.items() if kind == "ctc")
+ATTENTION_ARCHS = sorted(a for a, kind in DECODING.items() if kind == "attention")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _loss(model: Recognizer, images: torch.Tensor, texts: list[str]) -> torch.Tensor:
+    tokenizer = make_tokenizer(model.decoding, Charset())
+    targets, lengths = tokenizer.encode(texts)
+    if isinstance(model, AttentionRecognizer):
+        return attention_loss(model(images, targets), targets)
+    return ctc_loss(model(images), targets, lengths)
+
+
+def test_tiny_configs_cover_the_table() -> None:
+    assert set(TINY) == set(ARCHS)
+    assert CTC_ARCHS and ATTENTION_ARCHS
+
+
+def test_unknown_arch_and_bad_kwargs_fail_clearly() -> None:
+    with pytest.raises(ValueError, match="unknown recognition arch"):
+        build_recognizer("crnn_huge", NUM_CLASSES)
+    with pytest.raises(TypeError):
+        build_recognizer("crnn_small", NUM_CLASSES, not_a_field=1)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_default_config_shapes(arch: str) -> None:
+    model = build_recognizer(arch, NUM_CLASSES).eval()
+    assert model.config.arch == arch
+    assert 1.5e6 < sum(p.numel() for p in model.parameters()) < 12e6
+    images = torch.zeros(2, 3, 32, 128)
+    with torch.no_grad():
+        if isinstance(model, AttentionRecognizer):
+            targets = torch.zeros(2, 6, dtype=torch.long)
+            assert model(images, targets).shape == (2, 6, NUM_CLASSES)
+            assert model.generate(images, max_len=4).shape[1:] == (4, NUM_CLASSES)
+        else:
+            assert model(images).shape == (2, 32, NUM_CLASSES)  # T = W / 4
+
+
+@pytest.mark.parametrize("arch", CTC_ARCHS)
+def test_ctc_models_take_any_width(arch: str) -> None:
+    model = build_recognizer(arch, NUM_CLASSES, **TINY[arch]).eval()
+    with torch.no_grad():
+        for width in (16, 100, 320):
+            assert model(torch.zeros(1, 3, 32, width)).shape == (1, width // 4, NUM_CLASSES)
+        assert model(torch.zeros(1, 3, 48, 64)).shape == (1, 16, NUM_CLASSES)  # taller input collapses too
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_loss_is_finite_and_decreases(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_recognizer(arch, NUM_CLASSES, **TINY[arch]).train()
+    images = torch.randn(4, 3, 32, 96)
+    texts = ["ab", "Total", "12.50", ""]
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = _loss(model, images, texts)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_arch_kwargs_rebuild_the_same_network(arch: str) -> None:
+    model = build_recognizer(arch, NUM_CLASSES, **TINY[arch])
+    kwargs = arch_kwargs(model)
+    assert kwargs["num_classes"] == NUM_CLASSES and "arch" not in kwargs
+    # What YAML gives back: lists instead of tuples.
+    yaml_like = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    rebuilt = build_recognizer(arch, **yaml_like)
+    assert rebuilt.config == model.config
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+    rebuilt.load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("arch", ATTENTION_ARCHS)
+def test_stepwise_decoding_matches_teacher_forcing(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_recognizer(arch, NUM_CLASSES, **TINY[arch]).eval()
+    images = torch.randn(2, 3, 32, 96)
+    targets, _ = AttentionTokenizer().encode(["Cash", "GST 6%"])
+    with torch.no_grad():
+        forced = model(images, targets)
+        state = model.init_state(model.encode(images))
+        inputs = model.decoder_inputs(targets)
+        steps = []
+        for t in range(inputs.shape[1]):
+            logits, state = model.step(state, inputs[:, t])
+            steps.append(logits)
+    assert torch.allclose(torch.stack(steps, dim=1), forced, atol=1e-4)
+
+
+def test_aster_rectifier_starts_as_identity_and_resizes() -> None:
+    model = build_recognizer("aster", NUM_CLASSES, **TINY["aster"]).eval()
+    assert isinstance(model, ASTER)
+    images = torch.rand(2, 3, 32, 96)
+    with torch.no_grad():
+        assert torch.allclose(model.rectification(images), images, atol=1e-3)
+        assert model.rectification(torch.rand(1, 3, 50, 200)).shape == (1, 3, 32, 96)
+    # The TPS matrices follow from the config: they are not weights.
+    assert not any("inv_delta" in k or "grid_basis" in k for k in model.state_dict())
+
+
+def test_aster_options() -> None:
+    plain = build_recognizer("aster", NUM_CLASSES, **{**TINY["aster"], "rectify": False, "cell": "lstm"})
+    assert isinstance(plain, ASTER)
+    assert not any(k.startswith("rectification.") for k in plain.state_dict())
+    targets = torch.zeros(1, 3, dtype=torch.long)
+    with torch.no_grad():
+        assert plain.eval()(torch.zeros(1, 3, 32, 64), targets).shape == (1, 3, NUM_CLASSES)
+    with pytest.raises(ValueError, match="cell"):
+        build_recognizer("aster", NUM_CLASSES, cell="rnn")
+
+
+def test_satrn_encoder_keeps_a_2d_map_for_any_input_size() -> None:
+    model = build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"]).eval()
+    assert isinstance(model, SATRN)
+    with torch.no_grad():
+        assert model.encode(torch.zeros(1, 3, 32, 96)).shape == (1, 64, 8, 24)
+        memory = model.encode(torch.zeros(1, 3, 64, 128))
+        assert memory.shape == (1, 64, 16, 32)
+        targets = torch.zeros(1, 4, dtype=torch.long)
+        assert model.decode(memory, targets).shape == (1, 4, NUM_CLASSES)
+
+
+def test_stage_names_are_fixed() -> None:
+    # Checkpoints freeze these names: renaming a stage breaks every saved model.
+    for arch, stages in {
+        "crnn_small": {"features", "sequence", "prediction"},
+        "aster": {"rectification", "features", "sequence", "prediction"},
+        "satrn": {"features", "sequence", "prediction"},
+    }.items():
+        model = build_recognizer(arch, NUM_CLASSES, **TINY[arch])
+        assert {k.split(".")[0] for k in model.state_dict()} == stages
