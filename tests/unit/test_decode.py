@@ -213,6 +213,24 @@ def test_attention_beam_finds_the_better_sequence() -> None:
     assert hyp[0].char_scores == pytest.approx([0.45], rel=1e-4)
 
 
+def test_attention_beam_keeps_searching_while_a_live_beam_can_win() -> None:
+    # Short unlikely texts ("e", "b", then junk) finish while "acdf" is still live; the search must not
+    # stop on the number of finished hypotheses alone.
+    classes = len(CHARS) + 1
+    a, b, c, d, e, f, g = range(1, 8)
+    probs = torch.zeros(classes + 2, classes)
+    probs[:, 0] = 1.0  # every other context ends the sequence
+    probs[[classes, a, b, c, d]] = 0.0
+    probs[classes, a], probs[classes, b], probs[classes, e] = 0.5, 0.3, 0.2  # after BOS
+    probs[a, c] = probs[c, d] = probs[d, f] = 1.0
+    probs[b, 0], probs[b, g] = 0.6, 0.4
+    probs[:, 0] = probs[:, 0].clamp_min(1e-9)  # among unlikely tokens EOS comes first: more finish early
+    model = MarkovModel(probs.clamp_min(1e-12).log())
+    hyp = attention_beam_search(model, torch.zeros(1, 3, 8, 8), ATT, beam_width=3, max_len=8)[0]
+    assert hyp.text == "acdf"
+    assert hyp.score == pytest.approx(0.5 ** (1 / 5), rel=1e-4)
+
+
 def test_attention_beam_on_a_trained_like_model_matches_greedy_and_validates() -> None:
     torch.manual_seed(0)
     model = MarkovModel(torch.randn(ATT.num_classes + 2, ATT.num_classes) * 8)

@@ -18,12 +18,12 @@ NUM_CLASSES = 96
 
 # Small enough to train in seconds on one CPU thread; one entry per ARCHS key (checked below).
 TINY: dict[str, dict[str, Any]] = {
-    "crnn_small": {"channels": (16, 32, 48, 64), "hidden": 48, "lstm_layers": 1, "dropout": 0.0},
-    "crnn_vgg": {"channels": (16, 32, 48, 64), "hidden": 48, "lstm_layers": 1, "dropout": 0.0},
+    "crnn_small": {"channels": (16, 24, 32, 48), "hidden": 96, "lstm_layers": 1, "dropout": 0.0},
+    "crnn_vgg": {"channels": (16, 32, 48, 64), "hidden": 96, "lstm_layers": 1, "dropout": 0.0},
     "crnn_resnet": {
         "channels": (16, 24, 32, 48),
         "depths": (1, 1, 1, 1),
-        "hidden": 48,
+        "hidden": 96,
         "lstm_layers": 1,
         "dropout": 0.0,
     },
