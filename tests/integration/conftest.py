@@ -16,6 +16,8 @@ def ray_session(s3_server: S3Server) -> Iterator[None]:
     import ray
 
     ray.init(
+        # "local": always a fresh Ray of our own, never a `ray start` cluster running on this machine.
+        address="local",
         num_cpus=2,
         object_store_memory=512 * 1024**2,
         include_dashboard=False,

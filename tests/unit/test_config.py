@@ -78,7 +78,7 @@ def test_overrides_win_over_file(tmp_path: Path) -> None:
 
 
 def test_override_of_unknown_field_fails(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="scaling.gpus"):
+    with pytest.raises(ConfigError, match=r"scaling\.gpus"):
         load_config(_write(tmp_path, "name: a\n"), _Job, parse_overrides(["scaling.gpus=2"]))
 
 

@@ -1,0 +1,221 @@
+"""Training checkpoints: what rank 0 writes, and how to find and read them in a run folder.
+
+A checkpoint is a folder ``storage_path/<run>/epoch_NNNN/`` (Ray Train uploads it) holding:
+
+* ``state.pt`` — ``torch.save`` of a dict of state dicts (model, optimizer, scheduler, grad scaler,
+  EMA) plus ``epoch`` and ``step``; loaded with ``weights_only=True`` (no code runs on load).
+* ``config.yaml`` — the resolved :class:`~ocrjobs.training.config.TrainConfig` of the run.
+* ``meta.json`` — epoch, step and the metrics reported with it (read without torch).
+
+These functions need no Ray, so ``ocrjobs export`` runs on any machine that can reach the storage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ocrjobs import storage
+from ocrjobs.config import ConfigError, StorageConfig, dump_config
+from ocrjobs.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "COMMAND_FILE",
+    "CONFIG_FILE",
+    "META_FILE",
+    "STATE_FILE",
+    "CheckpointInfo",
+    "best_checkpoint",
+    "checkpoint_dir_name",
+    "list_checkpoints",
+    "load_state",
+    "model_weights",
+    "read_checkpoint_config",
+    "resolve_checkpoint",
+    "write_checkpoint",
+]
+
+STATE_FILE = "state.pt"
+COMMAND_FILE = "command.txt"  # in the run folder: the command line that started the run
+CONFIG_FILE = "config.yaml"
+META_FILE = "meta.json"
+
+_DIR_PATTERN = re.compile(r"^epoch_(\d+)$")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint found in a run folder.
+
+    Attributes:
+        uri: the checkpoint folder.
+        epoch: epochs completed when it was written (1-based).
+        step: optimiser steps completed.
+        metrics: the metrics reported with it.
+    """
+
+    uri: str
+    epoch: int
+    step: int
+    metrics: dict[str, float]
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    """The folder name of the checkpoint written after ``epoch`` (``epoch_0003``)."""
+    return f"epoch_{epoch:04d}"
+
+
+def write_checkpoint(
+    directory: str,
+    state: dict[str, Any],
+    config: TrainConfig,
+    metrics: dict[str, float],
+) -> None:
+    """Write a checkpoint into a local folder (Ray Train then uploads it to the run folder).
+
+    Args:
+        directory: an existing local folder.
+        state: state dicts and counters; must contain ``epoch`` and ``step``.
+        config: the run's resolved config.
+        metrics: the metrics reported with this checkpoint.
+    """
+    import torch
+
+    torch.save(state, os.path.join(directory, STATE_FILE))
+    with open(os.path.join(directory, CONFIG_FILE), "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
+    meta = {"epoch": int(state["epoch"]), "step": int(state["step"]), "metrics": metrics}
+    with open(os.path.join(directory, META_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+
+
+def load_state(uri: str, config: StorageConfig | None = None) -> dict[str, Any]:
+    """Load ``state.pt`` of a checkpoint folder (local or ``s3://``) onto the CPU.
+
+    Args:
+        uri: the checkpoint folder.
+        config: S3 settings.
+
+    Returns:
+        The dict :func:`write_checkpoint` saved.
+    """
+    import torch
+
+    data = storage.read_bytes(storage.join(uri, STATE_FILE), config)
+    state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    return state
+
+
+def read_checkpoint_config(uri: str, config: StorageConfig | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` stored in a checkpoint folder.
+
+    Raises:
+        ConfigError: the stored config does not validate (e.g. written by an incompatible version).
+    """
+    where = storage.join(uri, CONFIG_FILE)
+    raw = yaml.safe_load(storage.read_text(where, config)) or {}
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: invalid training config: {exc}") from None
+
+
+def list_checkpoints(run_uri: str, config: StorageConfig | None = None) -> list[CheckpointInfo]:
+    """Complete checkpoints in a run folder, oldest first.
+
+    A folder counts only when it has both ``state.pt`` and ``meta.json``, so an upload cut short by a
+    lost worker is never picked.
+
+    Args:
+        run_uri: ``storage_path/name``.
+        config: S3 settings.
+
+    Returns:
+        The checkpoints sorted by epoch.
+    """
+    files = storage.list_files(run_uri, config)
+    by_dir: dict[str, set[str]] = {}
+    for uri in files:
+        folder = storage.parent(uri)
+        if _DIR_PATTERN.match(storage.basename(folder)):
+            by_dir.setdefault(folder, set()).add(storage.basename(uri))
+    found = []
+    for folder, names in by_dir.items():
+        if {STATE_FILE, META_FILE} <= names:
+            meta = json.loads(storage.read_text(storage.join(folder, META_FILE), config))
+            found.append(CheckpointInfo(folder, int(meta["epoch"]), int(meta["step"]), meta["metrics"]))
+    return sorted(found, key=lambda c: c.epoch)
+
+
+def best_checkpoint(
+    run_uri: str, metric: str, mode: str, config: StorageConfig | None = None
+) -> CheckpointInfo | None:
+    """The checkpoint of a run with the best ``metric`` (ties go to the later epoch).
+
+    Args:
+        run_uri: ``storage_path/name``.
+        metric: a reported metric name (``val_loss``, ``val_cer``...).
+        mode: ``min`` or ``max``.
+        config: S3 settings.
+
+    Returns:
+        The best checkpoint, or ``None`` when the run has none.
+
+    Raises:
+        ValueError: checkpoints exist but none reported ``metric``.
+    """
+    checkpoints = list_checkpoints(run_uri, config)
+    if not checkpoints:
+        return None
+    scored = [c for c in checkpoints if metric in c.metrics]
+    if not scored:
+        raise ValueError(
+            f"no checkpoint in {run_uri} reports {metric!r} (it has {sorted(checkpoints[-1].metrics)})"
+        )
+    sign = 1.0 if mode == "max" else -1.0
+    return max(scored, key=lambda c: (sign * float(c.metrics[metric]), c.epoch))
+
+
+def resolve_checkpoint(uri: str, config: StorageConfig | None = None) -> CheckpointInfo:
+    """A checkpoint folder as given, or the best checkpoint of a run folder (by the run's own metric).
+
+    Args:
+        uri: a checkpoint folder (``.../epoch_0007``) or a run folder (``storage_path/name``).
+        config: S3 settings.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        FileNotFoundError: ``uri`` is neither a checkpoint nor a run folder with checkpoints.
+    """
+    meta_uri = storage.join(uri, META_FILE)
+    if storage.exists(meta_uri, config):
+        meta = json.loads(storage.read_text(meta_uri, config))
+        return CheckpointInfo(uri.rstrip("/"), int(meta["epoch"]), int(meta["step"]), meta["metrics"])
+    run_config_uri = storage.join(uri, CONFIG_FILE)
+    if not storage.exists(run_config_uri, config):
+        raise FileNotFoundError(
+            f"{uri} is neither a checkpoint folder ({META_FILE}) nor a run folder ({CONFIG_FILE})"
+        )
+    cfg = TrainConfig.model_validate(yaml.safe_load(storage.read_text(run_config_uri, config)) or {})
+    best = best_checkpoint(uri, cfg.checkpoint.metric, cfg.checkpoint.mode, config)
+    if best is None:
+        raise FileNotFoundError(f"run folder {uri} has no complete checkpoint yet")
+    return best
+
+
+def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights to validate and export: the EMA average when the run kept one, else the model's."""
+    ema = state.get("ema")
+    weights: dict[str, torch.Tensor] = ema["module"] if ema is not None else state["model"]
+    return weights

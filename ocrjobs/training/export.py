@@ -1,0 +1,156 @@
+"""Export a training checkpoint to a model folder (``models/<name>``) with a generated model card.
+
+The model is rebuilt from the checkpoint's own config, its weights (the EMA average when the run kept
+one) are loaded strictly, and the task's predictor describes the folder's ``config.yaml`` — so the
+folder loads with ``DetectionPredictor.from_model_dir`` / ``RecognitionPredictor.from_model_dir``
+exactly as any other model. No Ray is needed.
+
+ONNX export is not offered: neither ``onnx`` nor ``onnxruntime`` is installable on the build machines,
+so an exported graph could not be checked against the PyTorch model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from ocrjobs import storage
+from ocrjobs.config import StorageConfig
+from ocrjobs.registry import ModelSpec, write_model_dir
+from ocrjobs.training.checkpoint import (
+    COMMAND_FILE,
+    CheckpointInfo,
+    load_state,
+    model_weights,
+    read_checkpoint_config,
+    resolve_checkpoint,
+)
+from ocrjobs.training.config import TrainConfig
+
+__all__ = ["ExportResult", "export_checkpoint", "load_checkpoint_model", "model_card"]
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_checkpoint` wrote.
+
+    Attributes:
+        out: the model folder.
+        checkpoint: the checkpoint it came from.
+        spec: the folder's ``config.yaml``.
+    """
+
+    out: str
+    checkpoint: CheckpointInfo
+    spec: ModelSpec
+
+
+def load_checkpoint_model(
+    uri: str, config: StorageConfig | None = None
+) -> tuple[TrainConfig, Any, CheckpointInfo]:
+    """Rebuild a checkpoint's model with the weights that get exported.
+
+    Args:
+        uri: a checkpoint folder, or a run folder (its best checkpoint by the run's metric).
+        config: S3 settings.
+
+    Returns:
+        ``(train config, model in eval mode on the CPU, checkpoint)``.
+    """
+    from ocrjobs.training.tasks import TASKS
+
+    info = resolve_checkpoint(uri, config)
+    cfg = read_checkpoint_config(info.uri, config)
+    model = TASKS[cfg.task](cfg).build_model()
+    model.load_state_dict(model_weights(load_state(info.uri, config)))
+    return cfg, model.eval(), info
+
+
+def _run_command(checkpoint_uri: str, config: StorageConfig | None) -> str | None:
+    uri = storage.join(storage.parent(checkpoint_uri), COMMAND_FILE)
+    return storage.read_text(uri, config).strip() if storage.exists(uri, config) else None
+
+
+def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command: str | None) -> str:
+    """The ``CARD.md`` text of an exported model.
+
+    Args:
+        spec: the folder's spec.
+        cfg: the run's config.
+        info: the exported checkpoint.
+        command: the command that trained the run, when it was recorded.
+
+    Returns:
+        Markdown.
+    """
+    lines = [
+        f"# {spec.name}",
+        "",
+        f"{cfg.task} model `{spec.arch}` trained by ocrjobs run `{cfg.name}`, exported from `{info.uri}` "
+        f"on {dt.date.today().isoformat()} (version `{spec.version}`).",
+        "",
+        "## Training",
+        "",
+        f"- command: `{command}`" if command else "- command: not recorded",
+        f"- epochs: {info.epoch} of {cfg.epochs} ({info.step} optimiser steps), "
+        f"{cfg.scaling.num_workers} worker(s) x batch {cfg.batch_size}, seed {cfg.seed}",
+        f"- optimiser: {cfg.optim.name}, lr {cfg.optim.lr:g}, {cfg.optim.schedule} schedule "
+        f"({cfg.optim.warmup_steps} warm-up steps), weight decay {cfg.optim.weight_decay:g}"
+        + (f", EMA {cfg.optim.ema_decay:g} (exported)" if cfg.optim.ema_decay else ""),
+        "",
+        "## Data",
+        "",
+    ]
+    for split_name, split in (("train", cfg.data.train), ("val", cfg.data.val)):
+        for source in split.sources:
+            lines.append(f"- {split_name}: `{source.uri}` ({source.format}, weight {source.weight:g})")
+        for synth in split.synthetic:
+            lines.append(f"- {split_name}: synthetic `{synth.kind}` x {synth.count}")
+        if split.limit is not None:
+            lines.append(f"- {split_name}: limited to {split.limit} items")
+    lines += ["", "## Metrics", ""]
+    if spec.metrics:
+        lines += [
+            f"Measured by the training run after epoch {info.epoch}, on the whole val split above "
+            "(no augmentation).",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
+        lines += [f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items())]
+    else:
+        lines.append("No validation split was configured; no metrics were measured.")
+    return "\n".join(lines) + "\n"
+
+
+def export_checkpoint(
+    checkpoint_uri: str,
+    out: str,
+    *,
+    config: StorageConfig | None = None,
+) -> ExportResult:
+    """Write a model folder from a checkpoint.
+
+    Args:
+        checkpoint_uri: a checkpoint folder, or a run folder (its best checkpoint is exported).
+        out: the model folder to write (local ``models/<name>`` or ``s3://``); its last path component
+            is the model name.
+        config: S3 settings for both locations.
+
+    Returns:
+        What was written.
+
+    Raises:
+        FileNotFoundError: no checkpoint at ``checkpoint_uri``.
+    """
+    from ocrjobs.training.tasks import TASKS
+
+    cfg, model, info = load_checkpoint_model(checkpoint_uri, config)
+    task = TASKS[cfg.task](cfg)
+    name = storage.basename(out.rstrip("/"))
+    metrics = {k: float(v) for k, v in info.metrics.items() if k.startswith("val_")}
+    spec = task.model_spec(model, name, f"{cfg.name}-epoch{info.epoch}", metrics)
+    card = model_card(spec, cfg, info, _run_command(info.uri, config))
+    write_model_dir(out, spec, model.state_dict(), card)
+    return ExportResult(out=out, checkpoint=info, spec=spec)

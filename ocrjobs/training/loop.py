@@ -1,0 +1,286 @@
+"""The one training loop: plain PyTorch run by every Ray Train worker, for every task.
+
+The only Ray calls are labelled ``# Ray:``. Everything model-specific goes through the task
+(:class:`~ocrjobs.training.task.TrainTask`). Per epoch: train over this worker's shard (DDP averages
+gradients), average the train loss over workers, validate on rank 0 over the whole val split, write the
+checkpoint and the ``metrics.csv`` row on rank 0, report. A restarted or re-run worker group resumes
+from the latest checkpoint Ray hands back.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ocrjobs import storage
+from ocrjobs.registry import read_model_dir
+from ocrjobs.training.checkpoint import STATE_FILE, checkpoint_dir_name, write_checkpoint
+from ocrjobs.training.config import TrainConfig
+from ocrjobs.training.optim import ModelEMA, build_optimizer, build_scheduler
+from ocrjobs.training.progress import MetricsLog, format_epoch_line
+from ocrjobs.training.task import Batch, TrainTask
+from ocrjobs.training.tasks import TASKS
+
+__all__ = ["CRASH_MARKER", "Precision", "seed_everything", "train_func"]
+
+CRASH_MARKER = "debug_crash_marker"
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Precision:
+    """Mixed-precision settings for a device: autocast dtype (``None``: fp32) and a gradient scaler.
+
+    Attributes:
+        dtype: autocast dtype, or ``None`` for full precision.
+        scaler: loss scaler (enabled only for fp16, where small gradients would underflow).
+    """
+
+    dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def for_device(cls, amp: str, device: torch.device) -> Precision:
+        """AMP on CUDA as configured; CPU always trains in fp32 (``amp`` is ignored there).
+
+        Args:
+            amp: ``none``, ``bf16`` or ``fp16``.
+            device: the worker's device.
+
+        Returns:
+            The settings.
+        """
+        dtype = _AMP_DTYPES.get(amp) if device.type == "cuda" else None
+        return cls(dtype, torch.amp.GradScaler(device.type, enabled=dtype is torch.float16))
+
+    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
+        """The autocast context for forward passes (a no-op in fp32)."""
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (model initialisation is then identical on every rank)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _all_reduce_mean(values: dict[str, float], count: int, device: torch.device) -> dict[str, float]:
+    """Average sums over all workers (``values`` are this worker's sums over ``count`` batches)."""
+    keys = sorted(values)
+    local = torch.tensor([*(values[k] for k in keys), float(count)], dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(local)
+    total = max(local[-1].item(), 1.0)
+    return {k: local[i].item() / total for i, k in enumerate(keys)}
+
+
+def _maybe_crash(cfg: TrainConfig, rank: int, step: int) -> None:
+    """Fault injection for tests: die once, at the configured step, on the configured rank."""
+    debug = cfg.debug
+    if debug.crash_at_step != step or debug.crash_rank != rank:
+        return
+    marker = storage.join(cfg.run_uri(), CRASH_MARKER)
+    if storage.exists(marker, cfg.storage):
+        return
+    storage.write_text(marker, f"rank {rank} exited at step {step}\n", cfg.storage)
+    os._exit(1)
+
+
+class _WorkerState:
+    """The training objects of one worker: model (DDP-wrapped and raw), optimiser, schedule, AMP, EMA.
+
+    Args:
+        task: the run's task.
+        cfg: the run's config.
+        model: the prepared model (``prepare_model``'s result).
+        steps_per_epoch: optimiser steps per epoch on one worker (sizes the schedule).
+        device: the worker's device.
+    """
+
+    def __init__(
+        self, task: TrainTask, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device
+    ) -> None:
+        self.task, self.cfg, self.device = task, cfg, device
+        self.model = model
+        self.raw_model = _unwrap(model)
+        # Built after the model moved to its device, so loaded optimiser state lands there too.
+        self.optimizer = build_optimizer(self.raw_model, cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps=cfg.epochs * steps_per_epoch)
+        self.precision = Precision.for_device(cfg.amp, device)
+        self.ema = ModelEMA(self.raw_model, cfg.optim.ema_decay).to(device) if cfg.optim.ema_decay else None
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore optimiser, schedule, scaler and EMA from a checkpoint's state (the model is loaded earlier)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def state(self, epoch: int, step: int, elapsed_s: float) -> dict[str, Any]:
+        """Everything a checkpoint holds."""
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.precision.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": epoch,
+            "step": step,
+            "elapsed_s": elapsed_s,
+        }
+
+    def lr(self) -> float:
+        """The current learning rate of the first parameter group."""
+        return float(self.scheduler.get_last_lr()[0])
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        """One optimiser step on a numpy batch; returns the loss and its parts."""
+        tensors = self.task.collate(batch, self.device)
+        with self.precision.autocast(self.device):
+            loss, parts = self.task.loss(self.model, tensors)
+        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.precision.scaler
+        scaler.scale(loss).backward()
+        if self.cfg.optim.grad_clip is not None:
+            scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.raw_model.parameters(), self.cfg.optim.grad_clip)
+        scaler.step(self.optimizer)
+        scaler.update()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.raw_model)
+        return {"loss": float(loss.detach()), **parts}
+
+    def validate(self, shard: Any) -> dict[str, float]:
+        """The task's validation metrics over the whole val split (the EMA weights when kept)."""
+        evaluated = self.ema.module if self.ema is not None else self.raw_model
+        evaluated.eval()
+        batches = shard.iter_batches(batch_size=self.cfg.batch_size, batch_format="numpy", drop_last=False)
+        with torch.inference_mode(), self.precision.autocast(self.device):
+            metrics = self.task.validate(evaluated, batches, self.device)
+        self.model.train()
+        return metrics
+
+
+def train_func(config: dict[str, Any]) -> dict[str, int]:
+    """Ray Train's per-worker function.
+
+    Args:
+        config: ``{"config": TrainConfig as a JSON dict, "train_rows": rows of the train split,
+            "splits": names of the datasets given to the trainer}``.
+
+    Returns:
+        ``{"start_epoch", "epochs", "step"}`` of this attempt (Ray hands rank 0's to the driver).
+    """
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["config"])
+    task: TrainTask = TASKS[cfg.task](cfg)
+    context = ray.train.get_context()  # Ray: who am I
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()  # Ray: cuda:<local rank> or cpu
+    seed_everything(cfg.seed)  # the same initial weights on every rank
+    raw_model = task.build_model()
+    torch.manual_seed(cfg.seed + 1 + rank)  # but different dropout masks and sampling per rank
+    checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint when resuming, else None
+    state: dict[str, Any] | None = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        raw_model.load_state_dict(state["model"])
+    elif cfg.model.init_from:
+        raw_model.load_state_dict(read_model_dir(cfg.model.init_from)[1])
+    model = ray.train.torch.prepare_model(raw_model)  # Ray: move to device, wrap in DDP when world > 1
+    worker = _WorkerState(task, cfg, model, int(config["train_rows"]) // world // cfg.batch_size, device)
+    start_epoch, step, elapsed_before = 1, 0, 0.0
+    if state is not None:
+        worker.load(state)
+        start_epoch, step, elapsed_before = (
+            int(state["epoch"]) + 1,
+            int(state["step"]),
+            float(state["elapsed_s"]),
+        )
+
+    log = MetricsLog(cfg.run_uri(), cfg.storage)
+    if rank == 0:
+        # Rows of epochs after the resumed checkpoint were never checkpointed: they are redone.
+        log.truncate_after(start_epoch - 1)
+        if start_epoch > 1:
+            print(f"[{cfg.name}] resuming after epoch {start_epoch - 1} (step {step})", flush=True)
+        if start_epoch > cfg.epochs:
+            print(f"[{cfg.name}] all {cfg.epochs} epochs already done", flush=True)
+
+    train_shard = ray.train.get_dataset_shard("train")  # Ray: this worker's share of the train rows
+    val_shard = ray.train.get_dataset_shard("val") if rank == 0 and "val" in config["splits"] else None
+    # Elapsed time counts every attempt of the run, not only this one.
+    began = time.monotonic() - elapsed_before
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        model.train()
+        epoch_start = time.monotonic()
+        sums: dict[str, float] = {}
+        batches = 0
+        for batch in train_shard.iter_batches(
+            batch_size=cfg.batch_size,
+            batch_format="numpy",
+            drop_last=True,  # equal batch counts on every rank keep DDP's collectives in step
+            local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
+            local_shuffle_seed=(cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31,
+            prefetch_batches=2,
+        ):
+            for key, value in worker.step(batch).items():
+                sums[key] = sums.get(key, 0.0) + value
+            step += 1
+            batches += 1
+            _maybe_crash(cfg, rank, step)
+            if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
+                rate = batches * cfg.batch_size * world / max(time.monotonic() - epoch_start, 1e-9)
+                print(
+                    f"[{cfg.name}] epoch {epoch} step {step} loss {sums['loss'] / batches:.4f} "
+                    f"lr {worker.lr():.2e} {rate:.1f} samples/s",
+                    flush=True,
+                )
+        train_s = time.monotonic() - epoch_start
+        metrics: dict[str, float] = {"epoch": epoch, "step": step}
+        metrics.update({f"train_{k}": v for k, v in _all_reduce_mean(sums, batches, device).items()})
+
+        checkpoint_out = None
+        with tempfile.TemporaryDirectory() as folder:
+            if rank == 0:
+                if val_shard is not None:
+                    metrics.update(worker.validate(val_shard))
+                metrics.update(
+                    lr=worker.lr(),
+                    samples_per_s=batches * cfg.batch_size * world / max(train_s, 1e-9),
+                    epoch_s=time.monotonic() - epoch_start,
+                    elapsed_s=time.monotonic() - began,
+                )
+                write_checkpoint(folder, worker.state(epoch, step, metrics["elapsed_s"]), cfg, metrics)
+                checkpoint_out = ray.train.Checkpoint.from_directory(folder)
+                # The CSV row goes first: a crash before the report leaves a row that the resumed run
+                # drops (truncate_after), never a checkpoint without its row.
+                log.append(metrics)
+                print(f"[{cfg.name}] {format_epoch_line(metrics, cfg.epochs)}", flush=True)
+            # Ray: every rank reports (a barrier); rank 0's checkpoint and metrics are kept.
+            ray.train.report(
+                metrics, checkpoint=checkpoint_out, checkpoint_dir_name=checkpoint_dir_name(epoch)
+            )
+    return {"start_epoch": start_epoch, "epochs": cfg.epochs, "step": step}

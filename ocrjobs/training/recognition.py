@@ -1,0 +1,194 @@
+"""The recognition task: CTC (CRNN) and attention (ASTER, SATRN) recognisers on text-line crops.
+
+Labelled data is box-labelled pages (SROIE, ICDAR, words JSON): every labelled line is cut out with
+:func:`~ocrjobs.geometry.crop_polygon`, as the detection predictor's crops are at inference, or line-crop
+sets (format ``lines``) whose whole image is the line. Synthetic lines come from
+:class:`~ocrjobs.data.synth.LineGenerator`. Rows follow the recognition predictor's preprocessing
+(:class:`~ocrjobs.training.rows.RecognitionRows`); the tokenizer encodes texts on the training worker.
+Validation decodes greedily and reports CER and exact match from :mod:`ocrjobs.metrics.text`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ocrjobs.config import ConfigError
+from ocrjobs.data.augment import RECOGNITION_PRESET
+from ocrjobs.data.records import Record
+from ocrjobs.metrics.text import text_metrics
+from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decode
+from ocrjobs.recognition.losses import attention_loss, ctc_loss
+from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
+from ocrjobs.recognition.predictor import RecognitionPredictor
+from ocrjobs.recognition.tokenizer import Charset, make_tokenizer
+from ocrjobs.registry import ModelSpec
+from ocrjobs.training.config import TrainConfig
+from ocrjobs.training.rows import RecognitionRows
+from ocrjobs.training.task import Batch, Item, PrepareFn
+
+__all__ = ["RecognitionTask"]
+
+# A CRNN frame covers 4 px of input width, so a row of width W has W / 4 frames for CTC.
+_PIXELS_PER_FRAME = 4
+
+
+class RecognitionTask:
+    """Recogniser training: see the module docstring.
+
+    Args:
+        cfg: the run's config; ``model.charset`` is the vocabulary, ``model.preprocess`` may set
+            ``height`` (32), ``width`` (256), ``mean`` and ``std`` (0.5); ``model.postprocess`` may set
+            ``decoder``, ``beam_width`` and ``max_len`` for the exported predictor (validation decodes
+            greedily, attention models up to ``max_len`` steps).
+    """
+
+    synth_kinds: tuple[str, ...] = ("lines",)
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        if cfg.model.charset is None:
+            raise ConfigError("model.charset is required for task 'recognition'")
+        self.charset = Charset.from_dict(cfg.model.charset)
+        pre, post = cfg.model.preprocess, cfg.model.postprocess
+        self.height = int(pre.get("height", 32))
+        self.width = int(pre.get("width", 256))
+        self.mean = tuple(float(v) for v in pre.get("mean", (0.5, 0.5, 0.5)))
+        self.std = tuple(float(v) for v in pre.get("std", (0.5, 0.5, 0.5)))
+        self.max_len = int(post.get("max_len", 32))
+        # The family's decoding is a class attribute: building the (small) model once tells it.
+        self.decoding = self.build_model().decoding
+        self.tokenizer = make_tokenizer(self.decoding, self.charset)
+        # Longest label the model can emit: CTC needs a frame per character, attention stops at max_len
+        # steps including EOS.
+        self.max_label = self.width // _PIXELS_PER_FRAME if self.decoding == "ctc" else self.max_len - 1
+
+    def build_model(self) -> Recognizer:
+        """The recogniser of ``model.arch`` with as many classes as the tokenizer."""
+        return build_recognizer(self.cfg.model.arch, len(self.charset) + 1, **self.cfg.model.arch_kwargs)
+
+    def _usable(self, text: str) -> bool:
+        text = text.strip()
+        return (
+            bool(text)
+            and self.tokenizer.can_encode(text)
+            and len(self.charset.normalize(text)) <= self.max_label
+        )
+
+    def record_items(self, records: Sequence[Record], train: bool) -> list[Item]:
+        """One item per page with its usable lines (one row each); a whole-image label is one line.
+
+        Lines are dropped when ignored, empty, holding characters outside the charset, or longer than
+        the model can emit; the image is then read once for all its lines.
+        """
+        items = []
+        for record in records:
+            lines: list[dict[str, Any]] = [
+                {
+                    "polygon": region.polygon().tolist() if len(region.points) >= 3 else None,
+                    "text": region.text.strip(),
+                }
+                for region in record.regions
+                if not region.ignore and self._usable(region.text)
+            ]
+            if lines:
+                items.append(Item({"uri": record.uri, "lines": lines}, rows=len(lines)))
+        return items
+
+    def prepare_fn(self, train: bool, vocabulary: Sequence[str]) -> PrepareFn:
+        """Line rows of ``height`` x ``width``; training rows are augmented around each line first."""
+        augmenter = None
+        if train and self.cfg.data.augment:
+            augmenter = dataclasses.replace(RECOGNITION_PRESET, **self.cfg.data.augment_options)
+        return RecognitionRows(
+            height=self.height,
+            width=self.width,
+            augmenter=augmenter,
+            charset=self.charset.chars,
+            max_label=self.max_label,
+            vocabulary=tuple(vocabulary),
+            storage=self.cfg.storage,
+        )
+
+    def collate(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+        """Normalised ``image`` ``[b, 3, h, w]``, ``targets``, ``lengths``.
+
+        Columns right of each row's ``valid_w`` repeat its last valid column, exactly as
+        :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
+        padding would see a different right margin in production.
+        """
+        images = torch.from_numpy(batch["image"]).to(device, non_blocking=True)
+        images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        images = (images - mean) / std
+        columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
+        valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
+        last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
+        images = torch.where(columns >= valid, last, images)
+        targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
+        return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """CTC loss for CTC models, teacher-forced cross-entropy for attention models."""
+        if self.decoding == "ctc":
+            return ctc_loss(model(batch["image"]), batch["targets"], batch["lengths"]), {}
+        return attention_loss(model(batch["image"], batch["targets"]), batch["targets"]), {}
+
+    def _predict(self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor) -> list[str]:
+        if isinstance(model, AttentionRecognizer):
+            hypotheses = attention_greedy_decode(model.generate(images, self.max_len), self.tokenizer)
+        else:
+            hypotheses = ctc_greedy_decode(logits, self.tokenizer)
+        return [h.text for h in hypotheses]
+
+    def validate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
+        """``val_loss``, ``val_cer``, ``val_wer``, ``val_exact_match`` (greedy decoding, texts as normalised by the charset)."""
+        loss_sum, count = 0.0, 0
+        preds: list[str] = []
+        refs: list[str] = []
+        for batch in batches:
+            tensors = self.collate(batch, device)
+            if self.decoding == "ctc":
+                logits = model(tensors["image"])
+                loss = ctc_loss(logits, tensors["targets"], tensors["lengths"])
+            else:
+                logits = model(tensors["image"], tensors["targets"])
+                loss = attention_loss(logits, tensors["targets"])
+            n = len(batch["text"])
+            loss_sum, count = loss_sum + float(loss) * n, count + n
+            preds += self._predict(model, tensors["image"], logits)
+            refs += [self.charset.normalize(str(t)) for t in batch["text"]]
+        scores = text_metrics(preds, refs)
+        return {
+            "val_loss": loss_sum / max(count, 1),
+            "val_cer": scores["cer"],
+            "val_wer": scores["wer"],
+            "val_exact_match": scores["exact_match"],
+        }
+
+    def build_predictor(self, model: nn.Module) -> RecognitionPredictor:
+        """The inference predictor with this run's preprocessing and the configured decoder."""
+        recognizer: Recognizer = model  # type: ignore[assignment]
+        settings: dict[str, Any] = {"decoder": "greedy", "beam_width": 5, **self.cfg.model.postprocess}
+        return RecognitionPredictor(
+            recognizer,
+            make_tokenizer(self.decoding, self.charset),
+            height=self.height,
+            width=self.width,
+            mean=self.mean,
+            std=self.std,
+            decoder=settings["decoder"],
+            beam_width=int(settings["beam_width"]),
+            max_len=self.max_len,
+        )
+
+    def model_spec(self, model: nn.Module, name: str, version: str, metrics: dict[str, float]) -> ModelSpec:
+        """The predictor's own model spec, named and versioned, with the validation metrics."""
+        spec = self.build_predictor(model).model_spec(metrics)
+        return spec.model_copy(update={"name": name, "version": version})

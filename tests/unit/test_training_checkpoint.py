@@ -1,0 +1,188 @@
+"""Run folders without Ray: metrics.csv, checkpoint discovery, and export of a checkpoint to a model folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ocrjobs import storage
+from ocrjobs.training.checkpoint import (
+    CONFIG_FILE,
+    best_checkpoint,
+    checkpoint_dir_name,
+    list_checkpoints,
+    model_weights,
+    resolve_checkpoint,
+    write_checkpoint,
+)
+from ocrjobs.training.config import TrainConfig
+from ocrjobs.training.progress import MetricsLog, format_epoch_line, summary_table
+from ocrjobs.training.tasks import TASKS
+
+_CONFIG = {
+    "name": "unit-run",
+    "task": "recognition",
+    "model": {
+        "arch": "crnn_small",
+        "arch_kwargs": {"channels": [8, 8, 8, 8], "hidden": 8},
+        "preprocess": {"height": 32, "width": 64},
+        "charset": {"chars": "0123456789abc"},
+    },
+    "data": {
+        "train": {"synthetic": [{"kind": "lines", "count": 8}]},
+        "val": {"synthetic": [{"kind": "lines", "count": 2}]},
+    },
+    "optim": {"ema_decay": 0.9},
+    "checkpoint": {"metric": "val_cer", "mode": "min"},
+}
+
+
+def test_metrics_log_appends_replaces_and_truncates(tmp_path: Path) -> None:
+    log = MetricsLog(str(tmp_path / "run"))
+    assert log.read() == []
+    for epoch, loss in ((1, 2.0), (2, 1.5), (3, 1.2)):
+        log.append({"epoch": epoch, "step": 10 * epoch, "train_loss": loss, "val_cer": loss / 4})
+    log.append({"epoch": 2, "step": 20, "train_loss": 1.4, "val_cer": 0.3})
+    assert [(r["epoch"], r["train_loss"]) for r in log.read()] == [(1.0, 2.0), (3.0, 1.2), (2.0, 1.4)]
+    log.truncate_after(2)
+    assert [r["epoch"] for r in log.read()] == [1.0, 2.0]
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,step,train_loss,val_cer"
+
+
+def test_progress_line_and_summary_table() -> None:
+    metrics = {
+        "epoch": 3,
+        "step": 30,
+        "train_loss": 0.41234,
+        "val_cer": 0.081,
+        "samples_per_s": 31.25,
+        "elapsed_s": 95.4,
+    }
+    line = format_epoch_line(metrics, epochs=10)
+    assert line.startswith("epoch 3/10  train_loss 0.4123  val_cer 0.081")
+    assert line.endswith("31.2 samples/s  elapsed 95 s")
+    table = summary_table([metrics, {**metrics, "epoch": 4}]).splitlines()
+    assert table[0].split("|")[1].strip() == "epoch" and len(table) == 4
+    assert summary_table([]) == "(no epochs recorded)"
+
+
+def _fake_run(root: Path, cfg: TrainConfig, scores: list[float]) -> str:
+    run = storage.join(str(root), cfg.name)
+    storage.write_text(storage.join(run, CONFIG_FILE), "name: ignored-by-listing\n")
+    for epoch, score in enumerate(scores, start=1):
+        folder = root / cfg.name / checkpoint_dir_name(epoch)
+        folder.mkdir(parents=True)
+        write_checkpoint(str(folder), {"epoch": epoch, "step": 5 * epoch}, cfg, {"val_cer": score})
+    (root / cfg.name / "epoch_0099").mkdir()  # an interrupted upload: no files, never listed
+    return run
+
+
+def test_best_and_latest_checkpoints(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(_CONFIG)
+    run = _fake_run(tmp_path, cfg, [0.5, 0.2, 0.3])
+    assert [c.epoch for c in list_checkpoints(run)] == [1, 2, 3]
+    assert best_checkpoint(run, "val_cer", "min").epoch == 2
+    assert best_checkpoint(run, "val_cer", "max").epoch == 1
+    with pytest.raises(ValueError, match="reports 'val_hmean'"):
+        best_checkpoint(run, "val_hmean", "max")
+    assert best_checkpoint(str(tmp_path / "empty"), "val_cer", "min") is None
+
+
+def test_resolve_takes_a_checkpoint_or_a_run_folder(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(_CONFIG)
+    run = _fake_run(tmp_path, cfg, [0.5, 0.2, 0.3])
+    storage.write_text(
+        storage.join(run, CONFIG_FILE), (tmp_path / cfg.name / "epoch_0001" / CONFIG_FILE).read_text()
+    )
+    assert resolve_checkpoint(run).epoch == 2  # the run's own metric and mode
+    assert resolve_checkpoint(storage.join(run, "epoch_0003")).epoch == 3
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
+        resolve_checkpoint(str(tmp_path))
+
+
+def test_export_writes_a_model_folder_the_predictor_loads(tmp_path: Path) -> None:
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.training.export import export_checkpoint
+
+    cfg = TrainConfig.model_validate(_CONFIG)
+    task = TASKS["recognition"](cfg)
+    model, ema_model = task.build_model(), task.build_model()
+    folder = tmp_path / "run" / "epoch_0004"
+    folder.mkdir(parents=True)
+    state = {
+        "model": model.state_dict(),
+        "ema": {"module": ema_model.state_dict(), "updates": 3},
+        "epoch": 4,
+        "step": 40,
+    }
+    write_checkpoint(str(folder), state, cfg, {"val_cer": 0.25, "train_loss": 1.0})
+    (tmp_path / "run" / "command.txt").write_text("ocrjobs train --config configs/x.yaml\n")
+
+    result = export_checkpoint(str(folder), str(tmp_path / "models" / "crnn_unit"))
+    assert result.spec.name == "crnn_unit" and result.spec.version == "unit-run-epoch4"
+    assert result.spec.metrics == {"val_cer": 0.25}
+    predictor = RecognitionPredictor.from_model_dir(tmp_path / "models" / "crnn_unit")
+    # The EMA weights are the exported ones.
+    exported = predictor.model.state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in model_weights(state).items())
+    reference = task.build_predictor(ema_model.eval())
+    crops = [
+        np.random.default_rng(i).integers(0, 255, (20, 50 + 10 * i, 3), dtype=np.uint8) for i in range(3)
+    ]
+    assert [(r.text, r.score) for r in predictor(crops)] == [(r.text, r.score) for r in reference(crops)]
+    card = (tmp_path / "models" / "crnn_unit" / "CARD.md").read_text()
+    assert "ocrjobs train --config configs/x.yaml" in card
+    assert "epochs: 4 of 10" in card and "synthetic `lines` x 8" in card and "| val_cer | 0.2500 |" in card
+
+
+def test_exported_detector_matches_checkpoint_model(tmp_path: Path) -> None:
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.training.export import export_checkpoint
+
+    cfg = TrainConfig.model_validate(
+        {
+            "name": "det-unit",
+            "task": "detection",
+            "model": {
+                "arch": "dbnet_mobilenetv3",
+                "arch_kwargs": {"neck_channels": 16},
+                "preprocess": {"limit_side": 96},
+                "postprocess": {"thresh": 0.05, "box_thresh": 0.05},
+            },
+            "data": {"train": {"synthetic": [{"kind": "receipt", "count": 2}]}},
+            "checkpoint": {"metric": "train_loss"},
+        }
+    )
+    task = TASKS["detection"](cfg)
+    model = task.build_model().eval()
+    folder = tmp_path / "run" / "epoch_0001"
+    folder.mkdir(parents=True)
+    write_checkpoint(
+        str(folder), {"model": model.state_dict(), "epoch": 1, "step": 3}, cfg, {"train_loss": 2.0}
+    )
+
+    result = export_checkpoint(str(folder), str(tmp_path / "models" / "dbnet_unit"))
+    assert result.checkpoint.epoch == 1 and result.spec.metrics == {}
+    assert result.spec.preprocess["limit_side"] == 96 and result.spec.postprocess["box_thresh"] == 0.05
+    exported = DetectionPredictor.from_model_dir(tmp_path / "models" / "dbnet_unit")
+    reference = task.build_predictor(model)
+    images = [
+        np.random.default_rng(i).integers(0, 255, (80 + 16 * i, 120, 3), dtype=np.uint8) for i in range(2)
+    ]
+    got, want = exported(images), reference(images)
+    assert sum(len(regions) for regions in want) > 0  # low thresholds: the random model finds regions
+    for got_regions, want_regions in zip(got, want, strict=True):
+        assert [r.score for r in got_regions] == [r.score for r in want_regions]
+        assert all(
+            np.array_equal(a.polygon, b.polygon) for a, b in zip(got_regions, want_regions, strict=True)
+        )
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(exported.model(x)["prob"], model(x)["prob"])
+    assert (
+        "No validation split was configured" in (tmp_path / "models" / "dbnet_unit" / "CARD.md").read_text()
+    )
