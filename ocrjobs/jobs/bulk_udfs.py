@@ -1,0 +1,498 @@
+"""The Ray Data stages of the bulk OCR job and the row schemas they exchange.
+
+Every stage maps a ``pyarrow.Table`` to a ``pyarrow.Table`` with exactly one row per input image, in
+the same order, so an image never splits into several rows and the driver only has to count rows:
+
+1. :func:`read_decode` (CPU tasks): read each URI through :mod:`ocrjobs.storage` and decode it with
+   :func:`ocrjobs.images.decode_image` into raw RGB bytes (``pixels``).
+2. :class:`DetectStage` (actor pool): detect text polygons, then crop and rectify every polygon with
+   :func:`ocrjobs.geometry.crop_polygon`; the page pixels are dropped here and only the crops travel on.
+3. :class:`RecognizeStage` (actor pool): recognise the crops of all images of the batch in one call (the
+   predictor buckets them by width) and assemble each image's ``lines`` and ``text``.
+
+For ``task: recognize`` stage 2 is skipped and each whole image is one line crop.
+
+A row whose ``error`` is set is never given to a model: it passes through every stage untouched, so a
+bad input costs one row, never the job. Error reasons (:data:`ERROR_REASONS`):
+
+* reading: ``not_found`` (no such object/file or bucket), ``access_denied``, ``read_failed`` (another
+  error on a local path). Other S3 failures (endpoint unreachable, 5xx after the client's retries) are
+  infrastructure problems, not properties of the input: they raise and stop the job (finished shards
+  stay written, a re-run resumes) instead of writing error rows that a resume would never revisit.
+* decoding: the reasons of :class:`ocrjobs.images.ImageDecodeError` (``empty``, ``not_an_image``,
+  ``corrupt``, ``too_many_pixels``, ``unsupported``).
+* models: ``detection_failed``, ``recognition_failed``: a batch that raises is retried one image at a
+  time and only the images that still fail get these reasons. If two or more images were retried and
+  all of them fail, the failure is systematic (broken model folder, device error) and is raised.
+
+Rows also carry per-image stage seconds (``t_read`` ... ``t_recognize``: each batch's wall time split
+evenly over its rows); the driver sums them for the job summary and drops them before writing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from ocrjobs import storage
+from ocrjobs.config import StorageConfig
+
+if TYPE_CHECKING:
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+__all__ = [
+    "DECODED_SCHEMA",
+    "DETECTED_SCHEMA",
+    "ERROR_REASONS",
+    "INPUT_SCHEMA",
+    "LINE_TYPE",
+    "OUTPUT_SCHEMA",
+    "RESULT_SCHEMA",
+    "TIMING_COLUMNS",
+    "DetectStage",
+    "RecognizeStage",
+    "read_decode",
+]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+READ_ERROR_REASONS = ("not_found", "access_denied", "read_failed")
+MODEL_ERROR_REASONS = ("detection_failed", "recognition_failed")
+ERROR_REASONS: frozenset[str] = frozenset(
+    {
+        *READ_ERROR_REASONS,
+        "empty",
+        "not_an_image",
+        "corrupt",
+        "too_many_pixels",
+        "unsupported",
+        *MODEL_ERROR_REASONS,
+    }
+)
+
+# One recognised line. The polygon is flat ``[x0, y0, x1, y1, ...]`` in original image pixels;
+# det_score is null for ``task: recognize`` (nothing was detected: the whole image is the line).
+LINE_TYPE = pa.struct(
+    [
+        pa.field("polygon", pa.list_(pa.float32())),
+        pa.field("text", pa.string()),
+        pa.field("det_score", pa.float32()),
+        pa.field("rec_score", pa.float32()),
+    ]
+)
+
+# The published Parquet schema: one row per input image. Error rows have ``error`` set and null
+# ``lines``/``text`` (and null ``width``/``height`` when the image could not be decoded).
+OUTPUT_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("lines", pa.list_(LINE_TYPE)),
+        pa.field("text", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("error_detail", pa.string()),
+        pa.field("detector", pa.string()),
+        pa.field("recognizer", pa.string()),
+    ]
+)
+
+TIMING_COLUMNS = ("t_read", "t_decode", "t_detect", "t_recognize")
+
+_KEY_FIELDS = [
+    pa.field("uri", pa.string(), nullable=False),
+    pa.field("shard", pa.int32(), nullable=False),
+    pa.field("position", pa.int32(), nullable=False),
+]
+_STATUS_FIELDS = [
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+    pa.field("error", pa.string()),
+    pa.field("error_detail", pa.string()),
+]
+
+
+def _timing_fields(names: Sequence[str]) -> list[pa.Field]:
+    return [pa.field(name, pa.float64()) for name in names]
+
+
+# What the driver hands to Ray Data: which shard and position each URI belongs to.
+INPUT_SCHEMA = pa.schema(_KEY_FIELDS)
+# After read_decode. large_binary: one decoded page can exceed the 2 GiB offsets of a binary batch.
+DECODED_SCHEMA = pa.schema(
+    [
+        *_KEY_FIELDS,
+        *_STATUS_FIELDS,
+        pa.field("pixels", pa.large_binary()),
+        *_timing_fields(TIMING_COLUMNS[:2]),
+    ]
+)
+# After DetectStage: polygons (flat), scores and the rectified crops with their [h, w] sizes (flat).
+DETECTED_SCHEMA = pa.schema(
+    [
+        *_KEY_FIELDS,
+        *_STATUS_FIELDS,
+        pa.field("polygons", pa.list_(pa.list_(pa.float32()))),
+        pa.field("det_scores", pa.list_(pa.float32())),
+        pa.field("crops", pa.list_(pa.large_binary())),
+        pa.field("crop_sizes", pa.list_(pa.int32())),
+        *_timing_fields(TIMING_COLUMNS[:3]),
+    ]
+)
+# After RecognizeStage: the output row (without the model columns the driver adds) plus keys/timings.
+RESULT_SCHEMA = pa.schema(
+    [
+        *_KEY_FIELDS,
+        *_STATUS_FIELDS,
+        pa.field("lines", pa.list_(LINE_TYPE)),
+        pa.field("text", pa.string()),
+        *_timing_fields(TIMING_COLUMNS),
+    ]
+)
+
+
+# ------------------------------------------------------------------------------------------ read + decode
+
+
+def _read_one(uri: str, config: StorageConfig) -> tuple[bytes | None, str | None, str | None]:
+    """``(data, error reason, error detail)`` for one URI; S3 infrastructure errors propagate."""
+    try:
+        return storage.read_bytes(uri, config), None, None
+    except (storage.ObjectNotFoundError, storage.BucketNotFoundError) as exc:
+        return None, "not_found", str(exc)
+    except storage.AccessDeniedError as exc:
+        return None, "access_denied", str(exc)
+    except storage.EndpointUnreachableError:
+        raise
+    except storage.StorageError as exc:
+        if storage.is_s3(uri):
+            raise
+        return None, "read_failed", str(exc)
+
+
+def read_decode(
+    batch: pa.Table,
+    *,
+    storage_config: StorageConfig,
+    max_pixels: int,
+    read_threads: int = 8,
+) -> pa.Table:
+    """Read and decode a batch of URIs (the first stage of the bulk job).
+
+    Args:
+        batch: rows of :data:`INPUT_SCHEMA`.
+        storage_config: S3 settings for ``s3://`` URIs.
+        max_pixels: largest ``width * height`` decoded; larger images get ``too_many_pixels``.
+        read_threads: objects read concurrently (reads wait on the network, decoding uses the CPU).
+
+    Returns:
+        Rows of :data:`DECODED_SCHEMA`, in input order: ``pixels`` holds ``height * width * 3`` RGB bytes,
+        or nothing when ``error`` is set.
+
+    Raises:
+        StorageError: an S3 failure that is not about the object itself (see the module docstring).
+    """
+    from ocrjobs.images import ImageDecodeError, decode_image
+
+    uris = [str(u) for u in batch.column("uri").to_pylist()]
+    n = len(uris)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, min(read_threads, n))) as pool:
+        reads = list(pool.map(lambda u: _read_one(u, storage_config), uris))
+    read_seconds = (time.perf_counter() - start) / max(n, 1)
+
+    widths: list[int | None] = []
+    heights: list[int | None] = []
+    errors: list[str | None] = []
+    details: list[str | None] = []
+    pixels: list[bytes] = []
+    decode_seconds: list[float] = []
+    for data, reason, detail in reads:
+        t0 = time.perf_counter()
+        image = None
+        if data is not None:
+            try:
+                image = decode_image(data, max_pixels=max_pixels)
+            except ImageDecodeError as exc:
+                reason, detail = exc.reason, exc.message
+        decode_seconds.append(time.perf_counter() - t0)
+        errors.append(reason)
+        details.append(detail)
+        widths.append(None if image is None else int(image.shape[1]))
+        heights.append(None if image is None else int(image.shape[0]))
+        pixels.append(b"" if image is None else image.tobytes())
+    return pa.Table.from_pydict(
+        {
+            "uri": batch.column("uri"),
+            "shard": batch.column("shard"),
+            "position": batch.column("position"),
+            "width": widths,
+            "height": heights,
+            "error": errors,
+            "error_detail": details,
+            "pixels": pixels,
+            "t_read": [read_seconds] * n,
+            "t_decode": decode_seconds,
+        },
+        schema=DECODED_SCHEMA,
+    )
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _run_isolated(fn: Callable[[list[T]], list[R]], groups: list[list[T]]) -> list[list[R] | Exception]:
+    """Run ``fn`` over the items of all groups in one call; if that raises, run each group alone.
+
+    Args:
+        fn: maps a list of items to one result per item (a predictor).
+        groups: the items of each image (one page, or one image's crops).
+
+    Returns:
+        Per group, its results, or the exception it raised when run alone.
+
+    Raises:
+        Exception: two or more non-empty groups, and each failed on its own (a systematic failure).
+    """
+    flat = [item for group in groups for item in group]
+    try:
+        results = fn(flat) if flat else []
+    except Exception as exc:
+        filled = [k for k, group in enumerate(groups) if group]
+        if len(filled) == 1:
+            return [exc if group else [] for group in groups]
+        isolated = [_call_or_error(fn, group) if group else [] for group in groups]
+        if all(isinstance(isolated[k], Exception) for k in filled):
+            raise
+        return isolated
+    out: list[list[R] | Exception] = []
+    offset = 0
+    for group in groups:
+        out.append(results[offset : offset + len(group)])
+        offset += len(group)
+    return out
+
+
+def _call_or_error(fn: Callable[[list[T]], list[R]], items: list[T]) -> list[R] | Exception:
+    try:
+        return fn(items)
+    except Exception as exc:
+        return exc
+
+
+def _image(buffer: pa.Buffer, height: int, width: int) -> np.ndarray:
+    """A zero-copy read-only ``[h, w, 3]`` view of a row's RGB bytes."""
+    return np.frombuffer(buffer, dtype=np.uint8).reshape(height, width, 3)
+
+
+def _ok_rows(batch: pa.Table) -> list[int]:
+    return [i for i, error in enumerate(batch.column("error").to_pylist()) if error is None]
+
+
+def _timing(batch: pa.Table, name: str) -> pa.ChunkedArray | list[float]:
+    """A batch's timing column, or zeros when the stage that fills it did not run."""
+    return batch.column(name) if name in batch.column_names else [0.0] * batch.num_rows
+
+
+def _failure(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------------- detection
+
+
+class DetectStage:
+    """Ray Data actor: text detection, then every polygon cropped and rectified.
+
+    The model is loaded once per actor, in ``__init__``.
+
+    Args:
+        model_dir: detection model folder (local path present on every node, or ``s3://``).
+        device: ``"cpu"`` or ``"cuda"``.
+        amp: autocast on the GPU.
+        model_batch_size: images per forward pass; ``None`` keeps the predictor's default.
+    """
+
+    def __init__(
+        self, model_dir: str, device: str = "cpu", amp: bool = False, model_batch_size: int | None = None
+    ) -> None:
+        from ocrjobs.detection.predictor import DetectionPredictor
+
+        overrides: dict[str, Any] = {"amp": amp}
+        if model_batch_size is not None:
+            overrides["batch_size"] = model_batch_size
+        self.predictor: DetectionPredictor = DetectionPredictor.from_model_dir(
+            model_dir, device=device, **overrides
+        )
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Detect and crop a batch of :data:`DECODED_SCHEMA` rows into :data:`DETECTED_SCHEMA` rows."""
+        from ocrjobs.geometry import crop_polygon
+
+        start = time.perf_counter()
+        n = batch.num_rows
+        errors = batch.column("error").to_pylist()
+        details = batch.column("error_detail").to_pylist()
+        polygons: list[list[list[float]]] = [[] for _ in range(n)]
+        scores: list[list[float]] = [[] for _ in range(n)]
+        crops: list[list[bytes]] = [[] for _ in range(n)]
+        sizes: list[list[int]] = [[] for _ in range(n)]
+
+        ok = _ok_rows(batch)
+        pixels = batch.column("pixels").combine_chunks()
+        widths = batch.column("width").to_pylist()
+        heights = batch.column("height").to_pylist()
+        images = {i: _image(pixels[i].as_buffer(), heights[i], widths[i]) for i in ok}
+
+        def detect_and_crop(items: list[int]) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
+            found = self.predictor([images[i] for i in items])
+            out = []
+            for i, regions in zip(items, found, strict=True):
+                kept = []
+                for region in regions:
+                    crop = crop_polygon(images[i], region.polygon)
+                    if crop.size:  # thinner than a pixel: nothing to read
+                        kept.append((region.polygon, float(region.score), crop))
+                out.append(kept)
+            return out
+
+        for i, result in zip(ok, _run_isolated(detect_and_crop, [[i] for i in ok]), strict=True):
+            if isinstance(result, Exception):
+                errors[i], details[i] = "detection_failed", _failure(result)
+                continue
+            for polygon, score, crop in result[0]:
+                polygons[i].append(np.asarray(polygon, np.float32).reshape(-1).tolist())
+                scores[i].append(score)
+                crops[i].append(np.ascontiguousarray(crop).tobytes())
+                sizes[i].extend((int(crop.shape[0]), int(crop.shape[1])))
+        seconds = (time.perf_counter() - start) / max(n, 1)
+        return pa.Table.from_pydict(
+            {
+                "uri": batch.column("uri"),
+                "shard": batch.column("shard"),
+                "position": batch.column("position"),
+                "width": batch.column("width"),
+                "height": batch.column("height"),
+                "error": errors,
+                "error_detail": details,
+                "polygons": polygons,
+                "det_scores": scores,
+                "crops": crops,
+                "crop_sizes": sizes,
+                "t_read": batch.column("t_read"),
+                "t_decode": batch.column("t_decode"),
+                "t_detect": [seconds] * n,
+            },
+            schema=DETECTED_SCHEMA,
+        )
+
+
+# -------------------------------------------------------------------------------------- recognition
+
+
+class RecognizeStage:
+    """Ray Data actor: recognise the crops of a whole batch together and assemble each image's lines.
+
+    Takes :data:`DETECTED_SCHEMA` rows (``task: ocr``) or :data:`DECODED_SCHEMA` rows (``task:
+    recognize``: the whole image is one line, its polygon the image rectangle, its ``det_score`` null).
+    The model is loaded once per actor, in ``__init__``.
+
+    Args:
+        model_dir: recognition model folder (local path present on every node, or ``s3://``).
+        device: ``"cpu"`` or ``"cuda"``.
+        amp: autocast on the GPU.
+        model_batch_size: crops per forward pass; ``None`` keeps the predictor's default.
+    """
+
+    def __init__(
+        self, model_dir: str, device: str = "cpu", amp: bool = False, model_batch_size: int | None = None
+    ) -> None:
+        from ocrjobs.recognition.predictor import RecognitionPredictor
+
+        overrides: dict[str, Any] = {"amp": amp}
+        if model_batch_size is not None:
+            overrides["batch_size"] = model_batch_size
+        self.predictor: RecognitionPredictor = RecognitionPredictor.from_model_dir(
+            model_dir, device=device, **overrides
+        )
+
+    def _lines_of(
+        self, batch: pa.Table, ok: list[int]
+    ) -> tuple[list[list[np.ndarray]], list[list[list[float]]], list[list[float | None]]]:
+        """Per ok row: its crops, flat polygons and detection scores."""
+        if "crops" not in batch.column_names:
+            pixels = batch.column("pixels").combine_chunks()
+            widths = batch.column("width").to_pylist()
+            heights = batch.column("height").to_pylist()
+            crops: list[list[np.ndarray]] = []
+            polygons: list[list[list[float]]] = []
+            scores: list[list[float | None]] = []
+            for i in ok:
+                w, h = float(widths[i]), float(heights[i])
+                crops.append([_image(pixels[i].as_buffer(), heights[i], widths[i])])
+                polygons.append([[0.0, 0.0, w, 0.0, w, h, 0.0, h]])
+                scores.append([None])
+            return crops, polygons, scores
+        all_crops = batch.column("crops").to_pylist()
+        all_sizes = batch.column("crop_sizes").to_pylist()
+        all_polygons = batch.column("polygons").to_pylist()
+        all_scores = batch.column("det_scores").to_pylist()
+        crops = []
+        for i in ok:
+            sizes = all_sizes[i]
+            crops.append(
+                [
+                    np.frombuffer(data, np.uint8).reshape(sizes[2 * k], sizes[2 * k + 1], 3)
+                    for k, data in enumerate(all_crops[i])
+                ]
+            )
+        return crops, [all_polygons[i] for i in ok], [all_scores[i] for i in ok]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Recognise a batch and return :data:`RESULT_SCHEMA` rows."""
+        start = time.perf_counter()
+        n = batch.num_rows
+        errors = batch.column("error").to_pylist()
+        details = batch.column("error_detail").to_pylist()
+        lines: list[list[dict[str, Any]] | None] = [None] * n
+        texts: list[str | None] = [None] * n
+
+        ok = _ok_rows(batch)
+        crops, polygons, det_scores = self._lines_of(batch, ok)
+        results = _run_isolated(lambda items: self.predictor(items), crops)
+        for k, (i, result) in enumerate(zip(ok, results, strict=True)):
+            if isinstance(result, Exception):
+                errors[i], details[i] = "recognition_failed", _failure(result)
+                continue
+            lines[i] = [
+                {"polygon": polygon, "text": rec.text, "det_score": det, "rec_score": float(rec.score)}
+                for polygon, det, rec in zip(polygons[k], det_scores[k], result, strict=True)
+            ]
+            # Lines are already in reading order (the detector's contract); blank reads add no text.
+            texts[i] = "\n".join(rec.text for rec in result if rec.text)
+        seconds = (time.perf_counter() - start) / max(n, 1)
+        return pa.Table.from_pydict(
+            {
+                "uri": batch.column("uri"),
+                "shard": batch.column("shard"),
+                "position": batch.column("position"),
+                "width": batch.column("width"),
+                "height": batch.column("height"),
+                "error": errors,
+                "error_detail": details,
+                "lines": lines,
+                "text": texts,
+                "t_read": batch.column("t_read"),
+                "t_decode": batch.column("t_decode"),
+                "t_detect": _timing(batch, "t_detect"),
+                "t_recognize": [seconds] * n,
+            },
+            schema=RESULT_SCHEMA,
+        )

@@ -1,0 +1,256 @@
+"""The bulk OCR job end to end on the session's local Ray: S3 and local inputs, bad inputs, resume, demo.
+
+The models are tiny random-weight ones, so the assertions check structure (one row per input, error
+reasons, sizes, polygons inside the image, text = the lines joined), which holds for trained models too.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from ocrjobs import cli, storage
+from ocrjobs.jobs.bulk import BulkConfig, ExportsConfig, run_bulk
+from ocrjobs.jobs.bulk_udfs import OUTPUT_SCHEMA
+from tests.conftest import S3Server
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SIZE = (200, 300)  # width, height of every readable test image
+# The unreadable inputs and the reason each must get.
+BAD = {
+    "bad-cut.jpg": "corrupt",
+    "bad-cut.png": "corrupt",
+    "bad-header.jpg": "corrupt",
+    "bad-zero.jpg": "empty",
+}
+DETECTOR_ID, RECOGNIZER_ID = "det_tiny@test", "rec_tiny@test"
+
+
+def write_tiny_models(root: Path) -> tuple[str, str]:
+    """Random-weight detection and recognition model folders under ``root``; returns their paths."""
+    import torch
+
+    from ocrjobs.detection.dbnet import build_detector
+    from ocrjobs.detection.postprocess import DBPostProcessor
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.tokenizer import CTCTokenizer
+
+    torch.manual_seed(0)
+    # Zero thresholds make the random detector's output weight-independent: one region per image.
+    detector = DetectionPredictor(
+        build_detector("dbnet_mobilenetv3", neck_channels=32),
+        limit_side=256,
+        postprocessor=DBPostProcessor(thresh=0.0, box_thresh=0.0),
+        name="det_tiny",
+        version="test",
+    )
+    tokenizer = CTCTokenizer()
+    model = build_recognizer("crnn_small", tokenizer.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    recognizer = RecognitionPredictor(model, tokenizer, name="rec_tiny", version="test")
+    return detector.save_model_dir(root / "det_tiny"), recognizer.save_model_dir(root / "rec_tiny")
+
+
+def _page(i: int, fmt: str) -> bytes:
+    image = Image.new("RGB", SIZE, "white")
+    draw = ImageDraw.Draw(image)
+    for j, text in enumerate([f"RECEIPT {i:04d}", "COFFEE  3.50", "BAGEL  2.25", f"TOTAL  {i + 5}.75"]):
+        draw.text((12, 20 + 45 * j), text, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def make_images(good: int = 26) -> dict[str, bytes]:
+    """``good`` rendered receipts (PNG and JPEG) plus the four files of :data:`BAD`, by file name."""
+    files = {
+        f"r{i:03d}.{'png' if i % 2 else 'jpg'}": _page(i, "PNG" if i % 2 else "JPEG") for i in range(good)
+    }
+    jpeg, png = _page(900, "JPEG"), _page(901, "PNG")
+    files.update(
+        {
+            "bad-cut.jpg": jpeg[: len(jpeg) // 2],
+            "bad-cut.png": png[: len(png) // 2],
+            "bad-header.jpg": jpeg[:16] + bytes(range(256)) * 4,
+            "bad-zero.jpg": b"",
+        }
+    )
+    return files
+
+
+def read_rows(output: str) -> list[dict]:
+    """Every row of a job's Parquet output (checking the schema of the whole dataset)."""
+    fs, path = storage.pyarrow_filesystem(storage.join(output, "parquet"))
+    table = pq.read_table(path, filesystem=fs)
+    assert table.schema == OUTPUT_SCHEMA
+    return table.to_pylist()
+
+
+def assert_results(rows: list[dict], uris: list[str], detector: str | None = DETECTOR_ID) -> None:
+    """Each input exactly once, errors on exactly the :data:`BAD` files, well-formed readable rows."""
+    assert sorted(r["uri"] for r in rows) == sorted(uris)
+    by_name = {storage.basename(r["uri"]): r for r in rows}
+    assert {n: r["error"] for n, r in by_name.items() if r["error"] is not None} == BAD
+    lines_found = 0
+    for name, row in by_name.items():
+        assert (row["detector"], row["recognizer"]) == (detector, RECOGNIZER_ID)
+        if name in BAD:
+            assert row["lines"] is None and row["text"] is None and row["error_detail"]
+            continue
+        assert (row["width"], row["height"]) == SIZE and row["error_detail"] is None
+        assert row["text"] == "\n".join(line["text"] for line in row["lines"] if line["text"])
+        for line in row["lines"]:
+            points = np.asarray(line["polygon"]).reshape(-1, 2)
+            assert len(points) >= 4
+            assert points.min() >= -1 and (points.max(axis=0) <= np.asarray(SIZE) + 1).all()
+            assert 0 <= line["det_score"] <= 1 and 0 <= line["rec_score"] <= 1
+        lines_found += len(row["lines"])
+    assert lines_found > 0  # crops went through recognition
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, bytes]:
+    return make_images()
+
+
+def test_s3_input_gives_one_row_per_image_and_error_rows_for_bad_ones(
+    s3_server: S3Server, s3_bucket: str, tiny_models: tuple[str, str], images: dict[str, bytes]
+) -> None:
+    client = s3_server.client()
+    for name, data in images.items():
+        client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=data)
+    detector, recognizer = tiny_models
+    config = BulkConfig(
+        input=f"s3://{s3_bucket}/in/",
+        output=f"s3://{s3_bucket}/out",
+        detector=detector,
+        recognizer=recognizer,
+        shard_size=8,
+        exports=ExportsConfig(jsonl=True, hocr=True),
+    )
+    summary = run_bulk(config)
+
+    assert_results(read_rows(config.output), [f"s3://{s3_bucket}/in/{n}" for n in images])
+    assert (summary["status"], summary["inputs"], summary["processed"], summary["ok"]) == (
+        "complete",
+        30,
+        30,
+        26,
+    )
+    assert summary["errors"] == {"corrupt": 3, "empty": 1}
+    assert summary["shards"] == {"total": 4, "written": 4, "skipped": 0, "pending": 0, "stale_removed": 0}
+    assert summary["models"] == {"detector": DETECTOR_ID, "recognizer": RECOGNIZER_ID}
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"])
+    assert [k.rsplit(".", 1)[-1] for k in keys if "/part-" in k] == ["hocr"] * 4 + ["jsonl"] * 4 + [
+        "parquet"
+    ] * 4
+    assert {"out/_summary.json", "out/_config.yaml"} <= set(keys)
+    jsonl = "".join(storage.read_text(f"s3://{s3_bucket}/{k}") for k in keys if k.endswith(".jsonl"))
+    assert len(jsonl.splitlines()) == 30
+    resolved = storage.read_text(f"s3://{s3_bucket}/out/_config.yaml")
+    assert s3_server.secret_key not in resolved and "aws_" not in resolved.lower()
+    assert "num_cpus: 0.75" in resolved  # the 2-CPU defaults were resolved and recorded
+
+
+def test_local_folder_run_resumes_after_interruption_without_recomputing(
+    tmp_path: Path, tiny_models: tuple[str, str], images: dict[str, bytes]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in images.items():
+        (inputs / name).write_bytes(data)
+    out = tmp_path / "out"
+    detector, recognizer = tiny_models
+    config = BulkConfig(
+        input=str(inputs),
+        output=str(out),
+        detector=detector,
+        recognizer=recognizer,
+        shard_size=8,
+        max_shards=2,
+    )
+
+    # An interrupted job: only the first two shards got written.
+    first = run_bulk(config)
+    assert (first["status"], first["shards"]["written"], first["shards"]["pending"]) == ("partial", 2, 2)
+    parts = sorted((out / "parquet").glob("part-*.parquet"))
+    assert [p.name[:11] for p in parts] == ["part-000000", "part-000001"]
+    kept, lost = parts
+    kept_mtime = kept.stat().st_mtime_ns
+    # Shard 1's file is lost too, and a part file of some earlier plan lies in the output.
+    lost.unlink()
+    shutil.copy(kept, out / "parquet" / "part-000007-0123abcd.parquet")
+
+    # The re-run also asks for JSONL: shard 0's is written from its Parquet file, the others as computed.
+    second = run_bulk(config.model_copy(update={"max_shards": None, "exports": ExportsConfig(jsonl=True)}))
+    assert second["status"] == "complete"
+    assert second["shards"] == {"total": 4, "written": 3, "skipped": 1, "pending": 0, "stale_removed": 1}
+    assert (second["skipped"], second["processed"]) == (8, 22)
+    assert kept.stat().st_mtime_ns == kept_mtime  # finished shards are not recomputed
+    assert not (out / "parquet" / "part-000007-0123abcd.parquet").exists()
+    assert_results(read_rows(str(out)), [str(inputs / n) for n in images])
+    exported = sorted((out / "jsonl").glob("part-*.jsonl"))
+    assert [p.stem for p in exported] == [p.stem for p in sorted((out / "parquet").glob("part-*.parquet"))]
+    assert sum(len(p.read_text().splitlines()) for p in exported) == len(images)
+
+
+def test_recognize_task_reads_each_image_of_a_manifest_as_one_line(
+    tmp_path: Path, tiny_models: tuple[str, str]
+) -> None:
+    crops = tmp_path / "crops"
+    crops.mkdir()
+    for i in range(4):
+        Image.new("RGB", (120 + 10 * i, 32), "white").save(crops / f"line{i}.png")
+    (crops / "notes.png").write_bytes(b"plain text, not an image")
+    manifest = tmp_path / "crops.txt"
+    manifest.write_text(
+        "".join(
+            f"crops/{n}\n"
+            for n in ["line0.png", "line1.png", "line2.png", "line3.png", "notes.png", "gone.png"]
+        )
+    )
+    out = tmp_path / "out"
+    summary = run_bulk(
+        BulkConfig(input=str(manifest), output=str(out), task="recognize", recognizer=tiny_models[1])
+    )
+
+    rows = {storage.basename(r["uri"]): r for r in read_rows(str(out))}
+    assert summary["errors"] == {"not_an_image": 1, "not_found": 1}
+    assert (rows["notes.png"]["error"], rows["gone.png"]["error"]) == ("not_an_image", "not_found")
+    for i in range(4):
+        row = rows[f"line{i}.png"]
+        w = 120 + 10 * i
+        assert row["error"] is None and row["detector"] is None and len(row["lines"]) == 1
+        (line,) = row["lines"]
+        assert line["polygon"] == [0, 0, w, 0, w, 32, 0, 32] and line["det_score"] is None
+        assert row["text"] == line["text"]
+
+
+def test_demo_prints_a_table_of_the_bundled_receipts(
+    tmp_path: Path, tiny_models: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    detector, recognizer = tiny_models
+    argv = ["demo", "--output", str(tmp_path / "demo"), "--set", f"detector={detector}"]
+    assert cli.main([*argv, "--set", f"recognizer={recognizer}"]) == 0
+    out = capsys.readouterr().out
+    samples = sorted(
+        p.name for p in (Path(__file__).resolve().parents[2] / "samples" / "receipts").glob("*.jpg")
+    )
+    assert len(samples) >= 5
+    table = out[out.index("file ") :].splitlines()
+    assert [line.split()[0] for line in table[1 : 1 + len(samples)]] == samples
+    assert f"{len(samples)} images, {len(samples)} read, 0 errors" in out
+    assert str(tmp_path / "demo" / "parquet") in out
