@@ -88,6 +88,22 @@ def ray_run_config(cfg: TrainConfig) -> ray.train.RunConfig:
     )
 
 
+def _ingest_options(cfg: TrainConfig) -> Any:
+    """Ray Data execution options for the training input.
+
+    With ``data.prep_tasks`` set, the preparation's CPU budget is capped explicitly. Without a cap each
+    run's executor budgets against the whole cluster, and two runs sharing one small cluster starved
+    each other ("Cluster resources are not enough to run any task").
+    """
+    import ray.train
+    from ray.data import ExecutionResources
+
+    options = ray.train.DataConfig.default_ingest_options()
+    if cfg.data.prep_tasks is not None:
+        options.resource_limits = ExecutionResources(cpu=cfg.data.prep_tasks * cfg.data.prep_num_cpus)
+    return options
+
+
 def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     """Train (or resume) a run on the Ray cluster this process is connected to.
 
@@ -138,7 +154,9 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
         run_config=ray_run_config(cfg),
         datasets=datasets,
         # Only train is sharded: rank 0 validates the whole val split, so corpus metrics are exact.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(
+            datasets_to_split=["train"], execution_options=_ingest_options(cfg)
+        ),
     )
     result = trainer.fit()
     # Train V2's Result; mypy resolves ray.train.Result to the V1 class, which lacks return_value.
