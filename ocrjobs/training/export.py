@@ -104,7 +104,13 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
     ]
     for split_name, split in (("train", cfg.data.train), ("val", cfg.data.val)):
         for source in split.sources:
-            lines.append(f"- {split_name}: `{source.uri}` ({source.format}, weight {source.weight:g})")
+            part = ""
+            if source.holdout_every is not None:
+                which = "the held-out" if source.holdout else "all but the held-out"
+                part = f", {which} 1 in {source.holdout_every} records"
+            lines.append(f"- {split_name}: `{source.uri}` ({source.format}, weight {source.weight:g}{part})")
+        if cfg.model.init_from and split_name == "train":
+            lines.append(f"- initialised from the model folder `{cfg.model.init_from}`")
         for synth in split.synthetic:
             lines.append(f"- {split_name}: synthetic `{synth.kind}` x {synth.count}")
         if split.limit is not None:
