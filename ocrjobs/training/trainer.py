@@ -9,6 +9,7 @@ prepared in-process, and the model computes a loss on it.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,6 +128,11 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     from ocrjobs.training.tasks import TASKS
 
     ensure_ray()
+    init_from = cfg.model.init_from
+    if init_from and not storage.is_s3(init_from):
+        # Workers do not share the driver's working directory: a relative folder would not be found.
+        model = cfg.model.model_copy(update={"init_from": os.path.abspath(init_from)})
+        cfg = cfg.model_copy(update={"model": model})
     task = TASKS[cfg.task](cfg)
     plan = plan_data(task, cfg)
     run_uri = cfg.run_uri()
