@@ -23,6 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,13 +89,13 @@ def _own_group_and_die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
-@pytest.fixture
-def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
-    """A separate Ray head with a dashboard on 127.0.0.1; yields its job address and the CLI env."""
+_START_ATTEMPTS = 3
+
+
+def _start_head(env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Any, str]:
+    """Start a head in its own temp dir on free ports; returns (temp dir, process, log file, address)."""
     temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths live under it
     ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled")
     command = [
         str(VENV_BIN / "ray"),
         "start",
@@ -109,21 +110,43 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
         "--disable-usage-stats",
         *(f"--{flag}={port}" for flag, port in ports.items()),
     ]
-    log = open(os.path.join(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 (closed in finally)
+    log = open(os.path.join(temp_dir, "ray-start.log"), "wb")  # noqa: SIM115 (closed by the fixture)
     head = subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_own_group_and_die_with_parent
     )
-    address = f"http://127.0.0.1:{ports['dashboard-port']}"
+    return temp_dir, head, log, f"http://127.0.0.1:{ports['dashboard-port']}"
+
+
+def _wait_for_dashboard(head: subprocess.Popen[bytes], address: str) -> bool:
+    """True once the job API answers; False if the head exits or 300 s pass."""
+    deadline = time.monotonic() + 300  # ~10 s on an idle 2-core machine; much more on a busy one
+    while time.monotonic() < deadline and head.poll() is None:
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
+            return True
+        except OSError:
+            time.sleep(1)
+    return False
+
+
+@pytest.fixture
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A separate Ray head with a dashboard on 127.0.0.1; yields its job address and the CLI env."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="disabled")
+    # On a busy machine the head can die at start-up (the raylet waits a fixed 30 s for the dashboard
+    # agent, whose imports are slow under load): that is the machine, not the job, so start again.
+    for attempt in range(_START_ATTEMPTS):
+        temp_dir, head, log, address = _start_head(env)
+        if _wait_for_dashboard(head, address):
+            break
+        failure = Path(temp_dir, "ray-start.log").read_text()[-3000:]
+        _stop(head, temp_dir)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if attempt == _START_ATTEMPTS - 1:
+            pytest.fail(f"ray start failed {_START_ATTEMPTS} times; last log:\n{failure}")
     try:
-        deadline = time.monotonic() + 300  # ~10 s on an idle 2-core machine; much more on a busy one
-        while True:
-            try:
-                urllib.request.urlopen(f"{address}/api/version", timeout=2).close()
-                break
-            except OSError:
-                if head.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ray start failed:\n{Path(temp_dir, 'ray-start.log').read_text()[-3000:]}")
-                time.sleep(1)
         yield address, env
     finally:
         _stop(head, temp_dir)
