@@ -1,0 +1,50 @@
+"""The model folders shipped in models/ load and read a bundled receipt.
+
+Bounds are loose on purpose (they guard against a broken export, wrong preprocessing or a swapped
+config, not against small accuracy changes); the accuracy itself is measured by ``ocrjobs eval`` and
+recorded in each CARD.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ocrjobs.data.formats import load_records
+from ocrjobs.detection.predictor import DetectionPredictor
+from ocrjobs.geometry import crop_polygon
+from ocrjobs.images import read_image
+from ocrjobs.metrics import Prediction, evaluate_detection
+from ocrjobs.metrics.text import text_metrics
+from ocrjobs.recognition.predictor import RecognitionPredictor
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dev_receipt(shared_data: Path):
+    """SROIE dev receipt 001 (also bundled as samples/receipts/sroie-dev-001.jpg) with its labels."""
+    records = [
+        r for r in load_records(str(shared_data / "sroie" / "dev"), "sroie") if r.uri.endswith("001.jpg")
+    ]
+    assert records, "SROIE dev receipt 001 is missing"
+    return records[0]
+
+
+def test_shipped_detector_finds_the_lines_of_a_dev_receipt(dev_receipt) -> None:
+    predictor = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc")
+    regions = predictor([read_image(dev_receipt.uri)])[0]
+    scores = evaluate_detection([dev_receipt], [[Prediction(r.polygon) for r in regions]])
+    assert scores["cleval_hmean"] > 0.9, scores
+
+
+def test_shipped_recognizer_reads_the_lines_of_a_dev_receipt(dev_receipt) -> None:
+    predictor = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_en")
+    image = read_image(dev_receipt.uri)
+    pairs = [
+        (crop_polygon(image, r.polygon()), r.text.strip()) for r in dev_receipt.regions if r.text.strip()
+    ]
+    texts = [result.text for result in predictor([crop for crop, _ in pairs])]
+    scores = text_metrics(texts, [text for _, text in pairs])
+    assert scores["cer"] < 0.3 and scores["exact_match"] > 0.3, scores
