@@ -1,0 +1,455 @@
+"""Recognizer ensembles: every member proposes, every member scores every candidate, the best mean wins.
+
+The combination works across architectures (CTC and attention), input sizes and processes, because it
+only needs two things from a member (:class:`Member`, or anything shaped like it):
+
+1. **propose** (round 1): read each crop with the member's own decoder (greedy or beam, as its model
+   folder or overrides say) and return the text with its own length-normalised log-likelihood;
+2. **score** (round 2): the length-normalised log-likelihood of *given* texts for each crop: the CTC
+   forward algorithm for CTC models, teacher forcing for attention models (both
+   ``log p(text | crop) / (len(text) + 1)``, see :mod:`ocrjobs.recognition.decode`).
+
+For each crop the candidates are the distinct proposals; each member's score of a candidate it proposed
+itself is its proposal score (the same number :meth:`Member.score` would return), so round 2 only asks a
+member about the *other* members' candidates, and is skipped where all members agree or there is one
+member. The candidate with the highest mean score over members wins. The rounds are plain functions
+(:func:`scoring_requests`, :func:`combine`), so an in-process loop (:func:`run_ensemble`, used by
+evaluation) and the Serve ingress (which awaits member deployments, :func:`run_ensemble_async`) run the
+same code.
+
+**Charsets.** Members should share one charset. Where they do not, a candidate with a character some
+member cannot encode (or a CTC member cannot align in its frames) gets ``-inf`` from that member and so a
+mean of ``-inf``: it loses to any candidate every member can score. If every candidate of a crop is
+``-inf``, the proposal with the best own score wins and the ensemble confidence is 0.
+
+>>> combine(
+...     ["a", "b"],
+...     [[Proposal("CASH", -0.1)], [Proposal("CA5H", -0.2)]],
+...     [[["CA5H"]], [["CASH"]]],
+...     [[[-2.0]], [[-0.3]]],
+... )[0].text
+'CASH'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+__all__ = [
+    "AsyncMember",
+    "Candidate",
+    "Ensemble",
+    "EnsembleResult",
+    "Member",
+    "MemberOutput",
+    "Proposal",
+    "SyncMember",
+    "combine",
+    "run_ensemble",
+    "run_ensemble_async",
+    "scoring_requests",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A member's reading of one crop.
+
+    Attributes:
+        text: the decoded text.
+        log_score: the member's length-normalised log-likelihood of ``text`` (``-inf``: nothing could
+            be read, e.g. an empty crop).
+    """
+
+    text: str
+    log_score: float
+
+
+@dataclass(frozen=True)
+class MemberOutput:
+    """One member's own reading, reported beside the ensemble's choice.
+
+    Attributes:
+        name: the member's name.
+        text: what the member read.
+        score: its confidence in ``[0, 1]`` (``exp`` of its log score).
+    """
+
+    name: str
+    text: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A candidate text of one crop and how every member scored it.
+
+    Attributes:
+        text: the candidate.
+        member_scores: length-normalised log-likelihood under each member, in member order (``-inf``:
+            that member cannot produce the text).
+        mean: the mean of ``member_scores`` (what the ensemble ranks by).
+    """
+
+    text: str
+    member_scores: tuple[float, ...]
+    mean: float
+
+
+@dataclass(frozen=True)
+class EnsembleResult:
+    """The ensemble's reading of one crop.
+
+    ``text`` and ``score`` have the meaning they have on
+    :class:`~ocrjobs.recognition.predictor.RecognizedText`, so an :class:`Ensemble` can stand in for a
+    single predictor (``ocrjobs.pipeline.ocr_images``).
+
+    Attributes:
+        text: the winning candidate.
+        score: ensemble confidence in ``[0, 1]``: ``exp`` of the winner's mean score.
+        members: each member's own reading, in member order.
+        candidates: every candidate with its scores, best first.
+    """
+
+    text: str
+    score: float
+    members: tuple[MemberOutput, ...]
+    candidates: tuple[Candidate, ...] = field(default=())
+
+
+class SyncMember(Protocol):
+    """What :func:`run_ensemble` needs from a member (:class:`Member` is one)."""
+
+    name: str
+
+    def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        """One proposal per crop."""
+        ...
+
+    def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """For each crop, the length-normalised log-likelihood of each of its candidate texts."""
+        ...
+
+
+class AsyncMember(Protocol):
+    """What :func:`run_ensemble_async` needs from a member (the Serve ingress wraps deployment handles)."""
+
+    name: str
+
+    async def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        """One proposal per crop."""
+        ...
+
+    async def score(
+        self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """For each crop, the length-normalised log-likelihood of each of its candidate texts."""
+        ...
+
+
+def _log(confidence: float) -> float:
+    return math.log(confidence) if confidence > 0.0 else -math.inf
+
+
+def _exp(log_score: float) -> float:
+    return math.exp(log_score) if log_score > -math.inf else 0.0
+
+
+class Member:
+    """An ensemble member: a :class:`~ocrjobs.recognition.predictor.RecognitionPredictor` seen through
+    ``propose``/``score``. Serve's ``Recognizer`` deployment and :class:`Ensemble` both hold these.
+
+    Args:
+        predictor: the member's predictor (its ``decoder`` setting decides greedy or beam proposals).
+        name: the member's name in results; defaults to the predictor's name.
+
+    >>> from ocrjobs.recognition.models import build_recognizer
+    >>> from ocrjobs.recognition.predictor import RecognitionPredictor
+    >>> from ocrjobs.recognition.tokenizer import CTCTokenizer
+    >>> tok = CTCTokenizer()
+    >>> model = build_recognizer("crnn_small", tok.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    >>> member = Member(RecognitionPredictor(model, tok), name="tiny")
+    >>> crop = np.zeros((20, 60, 3), np.uint8)
+    >>> proposal = member.propose([crop])[0]
+    >>> abs(member.score([crop], [[proposal.text]])[0][0] - proposal.log_score) < 1e-4
+    True
+    """
+
+    def __init__(self, predictor: RecognitionPredictor, name: str | None = None) -> None:
+        self.predictor = predictor
+        self.name = name or predictor.name
+
+    @classmethod
+    def from_model_dir(
+        cls, path: str | Path, device: str = "cpu", name: str | None = None, **overrides: Any
+    ) -> Member:
+        """Load a member from a recognition model folder.
+
+        Args:
+            path: the model folder (local or ``s3://``).
+            device: torch device.
+            name: the member's name; defaults to the model's name.
+            **overrides: predictor settings that win over the folder's (``decoder="beam"``...).
+
+        Returns:
+            The member.
+        """
+        from ocrjobs.recognition.predictor import RecognitionPredictor
+
+        return cls(RecognitionPredictor.from_model_dir(path, device=device, **overrides), name=name)
+
+    def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        """Round 1: read each crop with the member's own decoder.
+
+        Args:
+            crops: ``[h, w, 3]`` uint8 RGB line crops.
+
+        Returns:
+            One proposal per crop; its ``log_score`` is ``log`` of the predictor's line confidence, which
+            is the length-normalised log-likelihood :meth:`score` gives the same text.
+        """
+        return [Proposal(r.text, _log(r.score)) for r in self.predictor(crops)]
+
+    def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        """Round 2: length-normalised log-likelihood of each crop's candidate texts under this member.
+
+        CTC members use the forward algorithm over all alignments, attention members teacher forcing;
+        both divide by ``len(text) + 1``. Texts with characters outside the member's charset, texts a
+        CTC member cannot align in its frames and every text of an empty crop get ``-inf``.
+
+        Args:
+            crops: ``[h, w, 3]`` uint8 RGB line crops.
+            candidates: for each crop, the texts to score (may be empty).
+
+        Returns:
+            For each crop, one score per candidate.
+        """
+        return self.predictor.score(crops, candidates)
+
+    def info(self) -> dict[str, Any]:
+        """What this member is (for ``/v1/models`` and logs): name, version, architecture, input size."""
+        p = self.predictor
+        return {
+            "name": self.name,
+            "model": p.name,
+            "version": p.version,
+            "arch": p.model.config.arch,
+            "decoding": p.tokenizer.decoding,
+            "decoder": p.decoder,
+            "height": p.height,
+            "width": p.width,
+            "charset_size": p.tokenizer.num_classes - 1,
+            # Members whose fingerprints match share a vocabulary (see the module docstring).
+            "charset_sha1": hashlib.sha1(
+                json.dumps(p.tokenizer.to_dict(), sort_keys=True).encode("utf-8")
+            ).hexdigest()[:12],
+            "device": str(p.device),
+        }
+
+
+def scoring_requests(proposals: Sequence[Sequence[Proposal]]) -> list[list[list[str]]]:
+    """Which texts each member must score in round 2.
+
+    Args:
+        proposals: ``proposals[m][i]`` is member ``m``'s proposal for crop ``i``.
+
+    Returns:
+        ``requests[m][i]``: the distinct texts other members proposed for crop ``i`` that member ``m``
+        did not propose itself (its own proposal already carries its score). All lists are empty when
+        the members agree everywhere or there is one member.
+
+    Raises:
+        ValueError: members proposed for different numbers of crops.
+    """
+    counts = {len(p) for p in proposals}
+    if len(counts) > 1:
+        raise ValueError(f"members proposed for different numbers of crops: {[len(p) for p in proposals]}")
+    n_crops = counts.pop() if counts else 0
+    requests: list[list[list[str]]] = [[[] for _ in range(n_crops)] for _ in proposals]
+    for i in range(n_crops):
+        texts = list(dict.fromkeys(p[i].text for p in proposals))
+        for m, own in enumerate(proposals):
+            requests[m][i] = [t for t in texts if t != own[i].text]
+    return requests
+
+
+def combine(
+    names: Sequence[str],
+    proposals: Sequence[Sequence[Proposal]],
+    requests: Sequence[Sequence[Sequence[str]]],
+    scores: Sequence[Sequence[Sequence[float]]],
+) -> list[EnsembleResult]:
+    """Pick each crop's candidate with the best mean score over members.
+
+    Args:
+        names: member names, in member order.
+        proposals: ``proposals[m][i]``: member ``m``'s proposal for crop ``i`` (round 1).
+        requests: ``requests[m][i]``: the texts member ``m`` scored for crop ``i``
+            (:func:`scoring_requests`).
+        scores: ``scores[m][i][k]``: member ``m``'s score of ``requests[m][i][k]`` (round 2).
+
+    Returns:
+        One result per crop. Ties go to the candidate proposed first (in member order); if every
+        candidate's mean is ``-inf``, the proposal with the best own score wins with confidence 0.
+
+    Raises:
+        ValueError: the shapes of the arguments disagree, or a candidate was not scored by a member.
+    """
+    if not (len(names) == len(proposals) == len(requests) == len(scores)) or not names:
+        raise ValueError(
+            f"need at least one member and one entry per member: {len(names)} names, "
+            f"{len(proposals)} proposals, {len(requests)} requests, {len(scores)} score lists"
+        )
+    n_crops = len(proposals[0])
+    results: list[EnsembleResult] = []
+    for i in range(n_crops):
+        own = [p[i] for p in proposals]
+        texts = list(dict.fromkeys(p.text for p in own))
+        table: list[dict[str, float]] = []
+        for m in range(len(names)):
+            asked, got = requests[m][i], scores[m][i]
+            if len(asked) != len(got):
+                raise ValueError(f"member {names[m]!r}, crop {i}: {len(asked)} texts but {len(got)} scores")
+            row = dict(zip(asked, got, strict=True))
+            row[own[m].text] = own[m].log_score
+            missing = [t for t in texts if t not in row]
+            if missing:
+                raise ValueError(f"member {names[m]!r} did not score {missing!r} for crop {i}")
+            table.append(row)
+        candidates = []
+        for text in texts:
+            member_scores = tuple(float(row[text]) for row in table)
+            candidates.append(Candidate(text, member_scores, _mean(member_scores)))
+        # Best own score among the proposers breaks ties between -inf means (see the docstring).
+        best_own = {t: max(p.log_score for p in own if p.text == t) for t in texts}
+        ranked = sorted(
+            range(len(candidates)),
+            key=lambda k: (candidates[k].mean, best_own[candidates[k].text], -k),
+            reverse=True,
+        )
+        winner = candidates[ranked[0]]
+        results.append(
+            EnsembleResult(
+                text=winner.text,
+                score=_exp(winner.mean),
+                members=tuple(
+                    MemberOutput(n, p.text, _exp(p.log_score)) for n, p in zip(names, own, strict=True)
+                ),
+                candidates=tuple(candidates[k] for k in ranked),
+            )
+        )
+    return results
+
+
+def _mean(values: Sequence[float]) -> float:
+    if any(v == -math.inf for v in values):  # sum() of -inf and finite values is -inf anyway; be explicit
+        return -math.inf
+    return float(sum(values) / len(values))
+
+
+def run_ensemble(members: Sequence[SyncMember], crops: Sequence[np.ndarray]) -> list[EnsembleResult]:
+    """Both rounds in this process, one member after the other (evaluation, scripts).
+
+    Args:
+        members: the members (at least one).
+        crops: ``[h, w, 3]`` uint8 RGB line crops.
+
+    Returns:
+        One :class:`EnsembleResult` per crop.
+
+    Raises:
+        ValueError: no members.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    proposals = [m.propose(crops) for m in members]
+    requests = scoring_requests(proposals)
+    scores: list[list[list[float]]] = [
+        m.score(crops, asked) if any(asked) else [[] for _ in crops]
+        for m, asked in zip(members, requests, strict=True)
+    ]
+    return combine([m.name for m in members], proposals, requests, scores)
+
+
+async def run_ensemble_async(
+    members: Sequence[AsyncMember], crops: Sequence[np.ndarray]
+) -> list[EnsembleResult]:
+    """Both rounds with the members working in parallel (the Serve ingress over member deployments).
+
+    Args:
+        members: the members (at least one); their calls of a round are awaited together.
+        crops: ``[h, w, 3]`` uint8 RGB line crops.
+
+    Returns:
+        One :class:`EnsembleResult` per crop.
+
+    Raises:
+        ValueError: no members.
+    """
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    proposals = list(await asyncio.gather(*(m.propose(crops) for m in members)))
+    requests = scoring_requests(proposals)
+    # Members with nothing to score (all agree, or a single member) are not called at all.
+    asking = [k for k, asked in enumerate(requests) if any(asked)]
+    answers = await asyncio.gather(*(members[k].score(crops, requests[k]) for k in asking))
+    scores: list[list[list[float]]] = [[[] for _ in crops] for _ in members]
+    for k, answer in zip(asking, answers, strict=True):
+        scores[k] = answer
+    return combine([m.name for m in members], proposals, requests, scores)
+
+
+class Ensemble:
+    """An in-process ensemble that reads crops like a single predictor does.
+
+    Args:
+        members: the members (at least one), ideally sharing one charset.
+
+    Raises:
+        ValueError: no members, or two members share a name.
+    """
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member names must be unique, got {names}")
+        self.members = list(members)
+        if len({m.info()["charset_sha1"] for m in self.members}) > 1:
+            logger.warning(
+                "ensemble members have different charsets: candidates a member cannot encode score -inf"
+            )
+
+    @classmethod
+    def from_model_dirs(cls, paths: Sequence[str | Path], device: str = "cpu", **overrides: Any) -> Ensemble:
+        """Load one member per recognition model folder (names: the models' names).
+
+        Args:
+            paths: model folders.
+            device: torch device for every member.
+            **overrides: predictor settings for every member.
+
+        Returns:
+            The ensemble.
+        """
+        return cls([Member.from_model_dir(p, device=device, **overrides) for p in paths])
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> list[EnsembleResult]:
+        """Read line crops (see :func:`run_ensemble`)."""
+        return run_ensemble(self.members, crops)
