@@ -9,8 +9,9 @@ polygon that :func:`random_crop_keep_text` leaves out of its crop comes back emp
 so that labels stay aligned with their polygons by index.
 
 :class:`Augmenter` composes the functions with probabilities and ranges; :data:`DETECTION_PRESET`
-(full pages -> 640x640 crops that never cut a line) and :data:`RECOGNITION_PRESET` (mild distortions of
-a text line before it is cropped) are the two starting points. Receipt-specific effects
+(full pages -> 640x640 crops that never cut a line), :data:`RECOGNITION_PRESET` (mild distortions of
+a text line before it is cropped) and :data:`FORMULA_PRESET` (the formula-recognition seed's recipe:
+adaptive-threshold binarisation, rotation, shear, brightness/contrast) are the starting points. Receipt-specific effects
 (:func:`thermal_fade`) follow how thermal printers fail: whole areas fade unevenly and dead heating
 dots leave light streaks along the paper feed.
 
@@ -32,9 +33,11 @@ import numpy as np
 
 __all__ = [
     "DETECTION_PRESET",
+    "FORMULA_PRESET",
     "RECOGNITION_PRESET",
     "Augmenter",
     "Polygons",
+    "adaptive_binarize",
     "color_jitter",
     "gaussian_blur",
     "gaussian_noise",
@@ -127,6 +130,15 @@ def _rotation_matrix(angle_deg: float, w: int, h: int) -> np.ndarray:
     cos, sin = math.cos(a), math.sin(a)
     rot = np.array([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]])
     return _translation(w / 2, h / 2) @ rot @ _translation(-w / 2, -h / 2)
+
+
+def _shear_matrix(shear: float, w: int, h: int) -> np.ndarray:
+    """Horizontal shear ``x' = x + shear * (y - h / 2)`` about the image centre (an italic-like slant)."""
+    return (
+        _translation(w / 2, h / 2)
+        @ np.array([[1.0, shear, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        @ (_translation(-w / 2, -h / 2))
+    )
 
 
 def _perspective_matrix(strength: float, w: int, h: int, rng: np.random.Generator) -> np.ndarray:
@@ -410,6 +422,32 @@ def color_jitter(
     return out
 
 
+def adaptive_binarize(image: np.ndarray, block: int = 25, offset: float = 15.0) -> np.ndarray:
+    """Black and white by a local (Gaussian-weighted) mean threshold, as scanned bilevel documents look.
+
+    A pixel becomes black when it is darker than the weighted mean of its ``block x block``
+    neighbourhood minus ``offset``; uneven lighting and grey paper therefore turn white, not black.
+
+    Args:
+        image: RGB uint8 ``[h, w, 3]``.
+        block: neighbourhood side in pixels (odd, at least 3).
+        offset: grey levels below the local mean a pixel must be to turn black.
+
+    Returns:
+        The RGB uint8 image holding only 0 and 255.
+
+    Raises:
+        ValueError: ``block`` is even or smaller than 3.
+    """
+    if block < 3 or block % 2 == 0:
+        raise ValueError(f"block must be odd and >= 3, got {block}")
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    binary = cv2.adaptiveThreshold(
+        gray, 255, cv2.ADAPTIVE_THRESH_GAUSSIAN_C, cv2.THRESH_BINARY, block, offset
+    )
+    return cv2.cvtColor(binary, cv2.COLOR_GRAY2RGB)
+
+
 def gaussian_blur(
     image: np.ndarray, rng: np.random.Generator, sigma: tuple[float, float] = (0.3, 1.2)
 ) -> np.ndarray:
@@ -586,12 +624,18 @@ def _check_range(name: str, value: tuple[float, float]) -> None:
 class Augmenter:
     """A fixed pipeline of augmentations, each applied with its probability.
 
-    Order: scale -> rotate + perspective (one warp) -> crop -> lighting -> thermal fade -> colour ->
-    blur (Gaussian or motion) -> noise -> JPEG. Derive variants with :func:`dataclasses.replace`.
+    Order: binarise -> scale -> rotate + shear + perspective (one warp) -> crop -> lighting -> thermal
+    fade -> colour -> blur (Gaussian or motion) -> noise -> JPEG. Derive variants with
+    :func:`dataclasses.replace`. A step whose probability is 0 draws no random number, so adding a step
+    leaves the samples of presets that do not use it unchanged.
 
     Attributes:
+        binarize_p: probability of :func:`adaptive_binarize` with ``binarize_block`` and ``binarize_offset``
+            (first, so the later warp and photometric steps soften the hard edges like a scan would).
         scale_p: probability of :func:`random_scale`, with ``scale_range`` and ``aspect_jitter``.
         rotate_p: probability of a rotation up to ``max_rotate_deg``.
+        shear_p: probability of a horizontal shear by a factor uniform in ``[-max_shear, max_shear]``
+            (0.2 slants a vertical stroke by about 11 degrees).
         perspective_p: probability of a perspective warp of ``perspective_strength``.
         crop_size: ``(h, w)`` of a final :func:`random_crop_keep_text`, always applied; None keeps size.
         lighting_p, thermal_p, color_p, blur_p, motion_blur_p, noise_p, jpeg_p: probabilities of the
@@ -603,6 +647,8 @@ class Augmenter:
     aspect_jitter: float = 0.0
     rotate_p: float = 0.0
     max_rotate_deg: float = 10.0
+    shear_p: float = 0.0
+    max_shear: float = 0.2
     perspective_p: float = 0.0
     perspective_strength: float = 0.05
     crop_size: tuple[int, int] | None = None
@@ -622,6 +668,9 @@ class Augmenter:
     noise_std: tuple[float, float] = (2.0, 10.0)
     jpeg_p: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 90)
+    binarize_p: float = 0.0
+    binarize_block: int = 25
+    binarize_offset: float = 15.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -639,6 +688,10 @@ class Augmenter:
             _check_range(name, getattr(self, name))
         if self.crop_size is not None and min(self.crop_size) < 1:
             raise ValueError(f"crop_size must be positive (h, w), got {self.crop_size!r}")
+        if self.binarize_block < 3 or self.binarize_block % 2 == 0:
+            raise ValueError(f"binarize_block must be odd and >= 3, got {self.binarize_block!r}")
+        if self.max_shear < 0:
+            raise ValueError(f"max_shear must be >= 0, got {self.max_shear!r}")
 
     def __call__(
         self, image: np.ndarray, polys: Sequence[np.ndarray], rng: np.random.Generator
@@ -654,6 +707,9 @@ class Augmenter:
             The augmented image and polygons (same order; empty where a crop left them out).
         """
         out: Polygons = [np.asarray(p, np.float32).reshape(-1, 2) for p in polys]
+        # Steps added after the first presets draw only when enabled: old presets keep their samples.
+        if self.binarize_p > 0 and rng.random() < self.binarize_p:
+            image = adaptive_binarize(image, self.binarize_block, self.binarize_offset)
         if rng.random() < self.scale_p:
             image, out = random_scale(image, out, self.scale_range, rng, aspect_jitter=self.aspect_jitter)
         # Rotation and perspective share one warp: one interpolation blurs strokes less than two.
@@ -661,6 +717,8 @@ class Augmenter:
         matrix = np.eye(3)
         if rng.random() < self.rotate_p:
             matrix = _rotation_matrix(rng.uniform(-self.max_rotate_deg, self.max_rotate_deg), w, h)
+        if self.shear_p > 0 and rng.random() < self.shear_p:
+            matrix = _shear_matrix(rng.uniform(-self.max_shear, self.max_shear), w, h) @ matrix
         if rng.random() < self.perspective_p:
             matrix = _perspective_matrix(self.perspective_strength, w, h, rng) @ matrix
         if not np.array_equal(matrix, np.eye(3)):
@@ -724,3 +782,20 @@ RECOGNITION_PRESET = Augmenter(
     jpeg_quality=(40, 90),
 )
 """Mild distortions of a rendered line, applied before it is cropped to its (moved) polygon."""
+
+FORMULA_PRESET = Augmenter(
+    binarize_p=0.2,
+    binarize_block=25,
+    binarize_offset=15.0,
+    rotate_p=0.5,
+    max_rotate_deg=3.0,
+    shear_p=0.5,
+    max_shear=0.15,
+    color_p=0.5,
+    brightness=0.3,
+    contrast=0.3,
+    saturation=0.0,
+)
+"""The formula-recognition seed's recipe on whole formula images: adaptive-threshold binarisation, a
+small rotation and a horizontal shear (one warp; the canvas grows so nothing is cut, filled with the
+border colour) and brightness/contrast jitter. Rendering noise comes from the synthetic generator."""

@@ -169,9 +169,11 @@ class BulkConfig(StrictModel):
     Attributes:
         input: the images: a folder/prefix, a glob, or a manifest (``.parquet``/``.csv``/``.txt``/``.lst``).
         output: the output folder (local or ``s3://``); see the module docstring for its layout.
-        task: ``ocr`` (detect + recognise) or ``recognize`` (each input image is one line crop).
+        task: ``ocr`` (detect + recognise), ``recognize`` (each input image is one line crop) or
+            ``latex`` (each input image is one formula; ``text`` is its LaTeX).
         detector: detection model folder (``task: ocr``).
-        recognizer: recognition model folder.
+        recognizer: recognition model folder; for ``task: latex`` a formula model folder (default
+            ``models/satrn_latex`` when the field is not given).
         shard_size: images per output shard.
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
         max_pixels: largest ``width * height`` decoded; larger images become ``too_many_pixels`` rows.
@@ -188,7 +190,7 @@ class BulkConfig(StrictModel):
 
     input: str
     output: str
-    task: Literal["ocr", "recognize"] = "ocr"
+    task: Literal["ocr", "recognize", "latex"] = "ocr"
     detector: str = "models/dbnet_doc"
     recognizer: str = "models/crnn_en"
     shard_size: int = Field(default=1000, ge=1)
@@ -202,6 +204,14 @@ class BulkConfig(StrictModel):
     exports: ExportsConfig = Field(default_factory=ExportsConfig)
     stale_shards: Literal["delete", "error"] = "delete"
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _formula_recognizer(cls, data: Any) -> Any:
+        # The line recognizer is no default for formulas: without an explicit recognizer, use ours.
+        if isinstance(data, dict) and data.get("task") == "latex" and data.get("recognizer") is None:
+            data = {**data, "recognizer": "models/satrn_latex"}
+        return data
 
 
 def _fill(pool: PoolConfig, defaults: Mapping[str, Any]) -> PoolConfig:
@@ -273,7 +283,7 @@ def _stage_device(config: BulkConfig, pool: PoolConfig) -> str:
 
 
 def model_id(
-    path: str, task: Literal["detection", "recognition"], config: StorageConfig | None = None
+    path: str, task: Literal["detection", "recognition", "latex"], config: StorageConfig | None = None
 ) -> str:
     """``name@version`` of a model folder, from its ``config.yaml`` (the weights are not read).
 
@@ -724,7 +734,8 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
 
     started = time.perf_counter()
     detector = model_id(config.detector, "detection", config.storage) if config.task == "ocr" else None
-    recognizer = model_id(config.recognizer, "recognition", config.storage)
+    rec_task: Literal["recognition", "latex"] = "latex" if config.task == "latex" else "recognition"
+    recognizer = model_id(config.recognizer, rec_task, config.storage)
     inputs = storage.resolve_inputs(config.input, config.storage)
     plan = plan_shards(inputs, config.shard_size, f"{config.task}\n{detector}\n{recognizer}")
     names = {s.name for s in plan}
@@ -794,7 +805,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", help="images: folder/prefix, glob or manifest (local path or s3://)")
     parser.add_argument("--output", help="output folder (local path or s3://)")
     parser.add_argument(
-        "--task", choices=["ocr", "recognize"], help="ocr (default) or recognize (line crops)"
+        "--task",
+        choices=["ocr", "recognize", "latex"],
+        help="ocr (default), recognize (line crops) or latex (formula images)",
     )
     parser.add_argument("--detector", help="detection model folder")
     parser.add_argument("--recognizer", help="recognition model folder")

@@ -10,7 +10,7 @@ the same order, so an image never splits into several rows and the driver only h
 3. :class:`RecognizeStage` (actor pool): recognise the crops of all images of the batch in one call (the
    predictor buckets them by width) and assemble each image's ``lines`` and ``text``.
 
-For ``task: recognize`` stage 2 is skipped and each whole image is one line crop.
+For ``task: recognize`` and ``task: latex`` stage 2 is skipped and each whole image is one line crop (or formula).
 
 A row whose ``error`` is set is never given to a model: it passes through every stage untouched, so a
 bad input costs one row, never the job. Error reasons (:data:`ERROR_REASONS`):
@@ -401,7 +401,8 @@ class RecognizeStage:
     """Ray Data actor: recognise the crops of a whole batch together and assemble each image's lines.
 
     Takes :data:`DETECTED_SCHEMA` rows (``task: ocr``) or :data:`DECODED_SCHEMA` rows (``task:
-    recognize``: the whole image is one line, its polygon the image rectangle, its ``det_score`` null).
+    recognize`` and ``latex``: the whole image is one line or formula, its polygon the image rectangle, its
+    ``det_score`` null).
     The model is loaded once per actor, in ``__init__``.
 
     Args:

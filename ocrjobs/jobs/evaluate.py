@@ -273,7 +273,13 @@ def _run_text_model(config: EvalConfig, samples: list[tuple[str, str, Record, in
     from ocrjobs.recognition.predictor import RecognitionPredictor
 
     assert config.model is not None
-    recognizer = RecognitionPredictor.from_model_dir(config.model, device=config.device)
+    if config.task == "latex":
+        # Formula models carry a LaTeX token vocabulary, which from_model_dir's charset reader lacks.
+        from ocrjobs.recognition.latex import latex_predictor_from_model_dir
+
+        recognizer = latex_predictor_from_model_dir(config.model, device=config.device)
+    else:
+        recognizer = RecognitionPredictor.from_model_dir(config.model, device=config.device)
     crops: list[np.ndarray] = []
     cache: dict[str, np.ndarray] = {}
     for _, _, record, i in samples:

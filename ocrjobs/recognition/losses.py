@@ -1,5 +1,9 @@
 """Training losses for recognisers; they live beside the models, not inside them.
 
+Formula recognisers (image -> LaTeX) add the seed recipe's bracket penalty: :func:`bracket_penalty` is
+the fraction of bracket tokens of a decoded formula that are left unmatched, and :func:`formula_loss`
+uses it as a per-sample weight on the cross-entropy (see there for exactly how it reaches the gradient).
+
 >>> logits = torch.zeros(2, 3, 5)  # uniform over 5 classes
 >>> targets = torch.tensor([[1, 0, 6], [2, 3, 0]])  # 6 is PAD (num_classes + 1): not scored
 >>> f"{attention_loss(logits, targets):.4f}"  # log(5)
@@ -8,10 +12,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_loss", "ctc_loss"]
+__all__ = ["BRACKETS", "attention_loss", "bracket_penalty", "ctc_loss", "formula_loss"]
+
+# Bracket token -> (kind, opens). A closing token matches the innermost open token of the same kind;
+# ``\{`` and ``\lbrace`` are the same delimiter in LaTeX, so they share a kind. ``\left<d>``/``\right<d>``
+# and ``\begin{env}``/``\end{env}`` are recognised by prefix in ``_bracket_role``.
+BRACKETS: dict[str, tuple[str, bool]] = {
+    "{": ("brace", True),
+    "}": ("brace", False),
+    "(": ("paren", True),
+    ")": ("paren", False),
+    "[": ("bracket", True),
+    "]": ("bracket", False),
+    "\\{": ("literal_brace", True),
+    "\\}": ("literal_brace", False),
+    "\\lbrace": ("literal_brace", True),
+    "\\rbrace": ("literal_brace", False),
+    "\\lbrack": ("literal_bracket", True),
+    "\\rbrack": ("literal_bracket", False),
+    "\\langle": ("angle", True),
+    "\\rangle": ("angle", False),
+    "\\lfloor": ("floor", True),
+    "\\rfloor": ("floor", False),
+    "\\lceil": ("ceil", True),
+    "\\rceil": ("ceil", False),
+}
+r"""Bracket tokens of im2latex-style formulas other than ``\left``/``\right`` and environments."""
 
 
 def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -56,3 +87,107 @@ def attention_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing:
         ignore_index=-100,
         label_smoothing=label_smoothing,
     )
+
+
+def _bracket_role(token: str) -> tuple[str, bool] | None:
+    """``(kind, opens)`` of a bracket token, ``None`` for any other token."""
+    # \left( and \right\rangle are brackets; \leftarrow and \rightarrow are not. Any \right<d> closes
+    # any \left<d>: LaTeX allows \left( ... \right] and the invisible delimiter ``.``.
+    for prefix, opens in (("\\left", True), ("\\right", False)):
+        if token.startswith(prefix) and len(token) > len(prefix) and not token[len(prefix)].isalpha():
+            return "left_right", opens
+    for prefix, opens in (("\\begin{", True), ("\\end{", False)):
+        if token.startswith(prefix):
+            return "env:" + token[len(prefix) :], opens
+    return BRACKETS.get(token)
+
+
+def bracket_penalty(tokens: Sequence[str] | str) -> float:
+    r"""The fraction of bracket tokens of a formula that are left unmatched.
+
+    Brackets are ``{}``, ``()``, ``[]``, ``\{\}`` (= ``\lbrace\rbrace``), ``\lbrack\rbrack``,
+    ``\langle\rangle``, ``\lfloor\rfloor``, ``\lceil\rceil``, ``\left<d> ... \right<d>`` (any two
+    delimiters) and ``\begin{env} ... \end{env}``. A closing token closes the innermost open bracket of
+    its kind, and brackets opened inside that one stay unmatched, so ``( [ ) ]`` matches one pair. The
+    penalty is ``1 - matched pairs / all pairs``, where ``all pairs`` is the number of bracket tokens
+    divided by two (the pairs a balanced formula with these tokens would have): 0 for a balanced formula
+    or one without brackets, 1 when nothing matches.
+
+    Args:
+        tokens: the formula's tokens, or a space-separated token string.
+
+    Returns:
+        The penalty in ``[0, 1]``.
+
+    >>> round(bracket_penalty(r"\frac { a } { b"), 3)  # one of the three braces is unmatched
+    0.333
+    """
+    if isinstance(tokens, str):
+        tokens = tokens.split()
+    stack: list[str] = []
+    matched = count = 0
+    for token in tokens:
+        role = _bracket_role(token)
+        if role is None:
+            continue
+        kind, opens = role
+        count += 1
+        if opens:
+            stack.append(kind)
+        elif kind in stack:
+            depth = len(stack) - 1 - stack[::-1].index(kind)
+            del stack[depth:]
+            matched += 1
+    return 0.0 if count == 0 else 1.0 - 2.0 * matched / count
+
+
+def formula_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    penalty: torch.Tensor,
+    ce_weight: float = 0.8,
+    penalty_weight: float = 0.2,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """The formula recipe's loss: ``ce_weight x CE + penalty_weight x bracket penalty``, per sample.
+
+    The bracket penalty of a sample comes from a decode (an argmax), so it has no gradient of its own:
+    added as a constant it would change the loss value and nothing else. It therefore enters as a
+    per-sample weight on that sample's cross-entropy,
+
+        ``loss = sum_i (ce_weight + penalty_weight * p_i) * CE_i / scored tokens``
+
+    where ``CE_i`` sums sample ``i``'s token cross-entropies (PAD not scored) and ``p_i`` is held
+    constant (detached). A sample whose decode leaves brackets unmatched is thus pushed harder towards
+    its reference, by up to ``(ce_weight + penalty_weight) / ce_weight`` (1.25x with the defaults); with
+    every ``p_i = 0`` the loss is exactly ``ce_weight * attention_loss`` (the same token mean), so the
+    penalty re-weights samples without changing the loss scale. This reading of
+    ``0.8 CE + 0.2 penalty`` keeps the seed's weights while giving the penalty a gradient.
+
+    Args:
+        logits: ``[b, L, num_classes]`` teacher-forced logits.
+        targets: ``[b, L]`` targets (ids ``>= num_classes`` are padding).
+        penalty: ``[b]`` bracket penalties in ``[0, 1]`` (:func:`bracket_penalty` of each decode).
+        ce_weight: weight of the cross-entropy.
+        penalty_weight: weight of the penalty-scaled cross-entropy.
+        label_smoothing: probability mass spread over all classes (0 disables).
+
+    Returns:
+        The scalar loss (float32, also under autocast).
+
+    Raises:
+        ValueError: ``penalty`` does not have one value per sample.
+    """
+    b, length, num_classes = logits.shape
+    if penalty.shape != (b,):
+        raise ValueError(f"penalty must have shape [{b}], got {list(penalty.shape)}")
+    scored = targets < num_classes
+    token_ce = F.cross_entropy(
+        logits.float().reshape(-1, num_classes),  # [b, L, C] -> [b*L, C]
+        targets.masked_fill(~scored, -100).reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+        label_smoothing=label_smoothing,
+    ).view(b, length)
+    weight = ce_weight + penalty_weight * penalty.detach().float().to(logits.device)  # [b]
+    return (token_ce * weight[:, None]).sum() / scored.sum().clamp_min(1)

@@ -46,7 +46,7 @@ from ocrjobs.recognition.decode import (
     ctc_log_likelihood,
 )
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwargs, build_recognizer
-from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
+from ocrjobs.recognition.tokenizer import Tokenizer, make_tokenizer, vocabulary_from_dict
 from ocrjobs.registry import ModelSpec, read_model_dir, write_model_dir
 
 __all__ = ["MIN_ASPECT", "RecognitionPredictor", "RecognizedText", "orient_crop", "resize_crop", "to_batch"]
@@ -338,9 +338,9 @@ class RecognitionPredictor:
             FileNotFoundError: a file is missing.
         """
         spec, weights = read_model_dir(path)
-        if spec.task != "recognition" or spec.charset is None:
+        if spec.task not in ("recognition", "latex") or spec.charset is None:
             raise ConfigError(
-                f"{path}: not a recognition model folder (task {spec.task!r}, charset {spec.charset})"
+                f"{path}: not a recognition or latex model folder (task {spec.task!r}, charset {spec.charset})"
             )
         unknown = (set(spec.preprocess) - _PREPROCESS_KEYS) | (set(spec.postprocess) - _POSTPROCESS_KEYS)
         if unknown:
@@ -348,7 +348,8 @@ class RecognitionPredictor:
                 f"{path}: unknown recognition settings {sorted(unknown)}; preprocess takes "
                 f"{sorted(_PREPROCESS_KEYS)}, postprocess {sorted(_POSTPROCESS_KEYS)}"
             )
-        charset = Charset.from_dict(spec.charset)
+        # A character charset, or the LaTeX token vocabulary of a formula model.
+        charset = vocabulary_from_dict(spec.charset)
         kwargs = dict(spec.arch_kwargs)
         # Both tokenizers have len(charset) + 1 classes (blank or EOS first).
         num_classes = int(kwargs.pop("num_classes", len(charset) + 1))
@@ -374,7 +375,7 @@ class RecognitionPredictor:
         """
         return ModelSpec(
             name=self.name,
-            task="recognition",
+            task="latex" if self.tokenizer.to_dict().get("name") == "latex" else "recognition",
             arch=self.model.config.arch,
             arch_kwargs=arch_kwargs(self.model),
             preprocess={

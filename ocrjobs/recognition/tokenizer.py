@@ -15,6 +15,12 @@ Characters outside the charset are never dropped silently: the ``unknown`` polic
 raises (``"error"``), leaves them out (``"skip"``) or substitutes ``replacement`` (``"replace"``), and
 every unknown character met is counted in ``unknown_counts`` (and logged once per character).
 
+Formula recognisers use LaTeX *tokens* instead of characters: a vocabulary dict named ``latex``
+(``{"name": "latex", "tokens": [...]}``, see :mod:`ocrjobs.recognition.latex`) is read by
+:func:`vocabulary_from_dict` into a ``LatexVocabulary``, for which :func:`make_tokenizer` returns a
+``LatexTokenizer`` (the same attention-tokenizer protocol). :meth:`Charset.from_dict` stays
+character-only.
+
 >>> tok = CTCTokenizer(Charset(chars="abc"))
 >>> ids, lengths = tok.encode(["cab", "a"])
 >>> ids.tolist(), lengths.tolist()
@@ -30,9 +36,12 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary
 
 __all__ = [
     "CHARSETS",
@@ -45,6 +54,7 @@ __all__ = [
     "UnknownCharacterError",
     "UnknownPolicy",
     "make_tokenizer",
+    "vocabulary_from_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -127,6 +137,8 @@ class Charset:
             raise ValueError("charset: give exactly one of 'chars' or 'name'")
         lowercase = bool(data.get("lowercase", False))
         if "name" in data:
+            if data["name"] == "latex":
+                raise ValueError("charset: 'latex' is a token vocabulary; read it with vocabulary_from_dict")
             if data["name"] not in CHARSETS:
                 raise ValueError(f"charset: unknown name {data['name']!r}; known: {sorted(CHARSETS)}")
             return cls(chars=CHARSETS[data["name"]], lowercase=lowercase)
@@ -319,21 +331,50 @@ TOKENIZERS: dict[Decoding, type[CTCTokenizer] | type[AttentionTokenizer]] = {
 
 
 def make_tokenizer(
-    decoding: Decoding, charset: Charset, unknown: UnknownPolicy = "error"
-) -> CTCTokenizer | AttentionTokenizer:
+    decoding: Decoding, charset: Charset | LatexVocabulary, unknown: UnknownPolicy = "error"
+) -> CTCTokenizer | AttentionTokenizer | LatexTokenizer:
     """The tokenizer a model of the given decoding kind uses.
 
     Args:
         decoding: ``"ctc"`` or ``"attention"`` (a recogniser's ``decoding`` attribute).
-        charset: the vocabulary.
-        unknown: the unknown-character policy.
+        charset: the vocabulary: a :class:`Charset`, or a ``LatexVocabulary`` (attention models only).
+        unknown: the unknown-character (or unknown-token) policy.
 
     Returns:
-        A :class:`CTCTokenizer` or :class:`AttentionTokenizer`.
+        A :class:`CTCTokenizer` or :class:`AttentionTokenizer`; a ``LatexTokenizer`` for a LaTeX
+        vocabulary.
 
     Raises:
-        ValueError: an unknown decoding kind.
+        ValueError: an unknown decoding kind, or a LaTeX vocabulary for a CTC model.
     """
     if decoding not in TOKENIZERS:
         raise ValueError(f"unknown decoding {decoding!r}; known: {sorted(TOKENIZERS)}")
+    if not isinstance(charset, Charset):
+        from ocrjobs.recognition.latex import LatexTokenizer
+
+        if decoding != "attention":
+            raise ValueError(f"a LaTeX vocabulary needs an attention model, not {decoding!r}")
+        return LatexTokenizer(charset, unknown=unknown)
     return TOKENIZERS[decoding](charset=charset, unknown=unknown)
+
+
+def vocabulary_from_dict(data: dict[str, Any]) -> Charset | LatexVocabulary:
+    """Read any vocabulary dict: a LaTeX token vocabulary when ``name`` is ``latex``, else a charset.
+
+    Args:
+        data: ``ModelSpec.charset`` or a config's ``model.charset``.
+
+    Returns:
+        A ``LatexVocabulary`` (see ``LatexVocabulary.from_dict``) or a :class:`Charset`.
+
+    Raises:
+        ValueError: the dict is not a valid vocabulary of either kind.
+
+    >>> vocabulary_from_dict({"name": "latex", "tokens": ["x", "^"]}).tokens
+    ('x', '^')
+    """
+    if data.get("name") == "latex":
+        from ocrjobs.recognition.latex import LatexVocabulary
+
+        return LatexVocabulary.from_dict(data)
+    return Charset.from_dict(data)

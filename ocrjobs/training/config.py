@@ -245,7 +245,7 @@ class TrainConfig(StrictModel):
             from its latest checkpoint.
         storage_path: where run folders live (local folder or ``s3://bucket/prefix``).
         storage: S3 endpoint settings for ``s3://`` paths (credentials come from the AWS chain).
-        task: ``detection`` or ``recognition`` (a key of ``ocrjobs.training.tasks.TASKS``).
+        task: ``detection``, ``recognition`` or ``latex`` (a key of ``ocrjobs.training.tasks.TASKS``).
         model: the network and its pre/post-processing.
         data: training and validation data.
         scaling: workers and their resources.
@@ -258,13 +258,15 @@ class TrainConfig(StrictModel):
         checkpoint: checkpoint retention.
         failure: fault tolerance.
         export_to: model folder (``models/<name>``) that receives the best checkpoint at the end.
+        loss: the task's loss settings (``latex``: ``ocrjobs.training.latex.FormulaLossConfig`` fields);
+            the detection and recognition losses take none.
         debug: fault injection for tests.
     """
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     storage_path: str = "runs"
     storage: StorageConfig = Field(default_factory=StorageConfig)
-    task: Literal["detection", "recognition"]
+    task: Literal["detection", "recognition", "latex"]
     model: ModelConfig
     data: DataConfig
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
@@ -277,12 +279,17 @@ class TrainConfig(StrictModel):
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     failure: FailureSettings = Field(default_factory=FailureSettings)
     export_to: str | None = None
+    loss: dict[str, Any] = Field(default_factory=dict)
     debug: DebugConfig = Field(default_factory=DebugConfig)
 
     @model_validator(mode="after")
     def _check_task_and_data(self) -> TrainConfig:
         if self.task == "recognition" and self.model.charset is None:
             raise ValueError("model.charset is required for task 'recognition'")
+        if self.task == "latex" and (self.model.charset or {}).get("name") != "latex":
+            raise ValueError("task 'latex' needs model.charset: {name: latex, tokens|vocab|build_from: ...}")
+        if self.loss and self.task != "latex":
+            raise ValueError(f"loss settings are not used by task {self.task!r}; remove the loss section")
         if not self.data.train.sources and not self.data.train.synthetic:
             raise ValueError("data.train needs at least one source or synthetic generator")
         return self

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.detection import DetectionTask
+from ocrjobs.training.latex import LatexTask
 from ocrjobs.training.recognition import RecognitionTask
 from ocrjobs.training.task import TrainTask
 
@@ -17,4 +18,5 @@ __all__ = ["TASKS"]
 TASKS: dict[str, Callable[[TrainConfig], TrainTask]] = {
     "detection": DetectionTask,
     "recognition": RecognitionTask,
+    "latex": LatexTask,
 }

@@ -239,6 +239,60 @@ def test_recognize_task_reads_each_image_of_a_manifest_as_one_line(
         assert row["text"] == line["text"]
 
 
+def test_latex_task_reads_each_formula_image_with_a_formula_model(
+    tmp_path: Path, tiny_models: tuple[str, str]
+) -> None:
+    import torch
+
+    from ocrjobs.config import ConfigError
+    from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+    torch.manual_seed(0)
+    tokenizer = LatexTokenizer(LatexVocabulary(("x", "^", "{", "}", "2", "\\frac", "+")))
+    model = build_recognizer(
+        "satrn",
+        tokenizer.num_classes,
+        dim=16,
+        heads=2,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_ff=16,
+        decoder_ff=16,
+    )
+    predictor = RecognitionPredictor(
+        model, tokenizer, height=32, width=64, max_len=8, name="latex_tiny", version="test"
+    )
+    model_dir = predictor.save_model_dir(tmp_path / "latex_tiny")
+    images = tmp_path / "formulas"
+    images.mkdir()
+    pixels: dict[str, np.ndarray] = {}
+    for i in range(3):
+        image = Image.new("RGB", (90 + 20 * i, 30), "white")
+        ImageDraw.Draw(image).text((4, 8), f"x^{i} + {i}", fill="black")
+        image.save(images / f"f{i}.png")
+        pixels[f"f{i}.png"] = np.asarray(image)
+    (images / "f9.png").write_bytes(b"")
+    out = tmp_path / "out"
+
+    with pytest.raises(ConfigError, match="needs a latex model"):
+        run_bulk(BulkConfig(input=str(images), output=str(out), task="latex", recognizer=tiny_models[1]))
+    summary = run_bulk(BulkConfig(input=str(images), output=str(out), task="latex", recognizer=model_dir))
+
+    rows = {storage.basename(r["uri"]): r for r in read_rows(str(out))}
+    assert summary["errors"] == {"empty": 1} and rows["f9.png"]["error"] == "empty"
+    assert summary["models"] == {"detector": None, "recognizer": "latex_tiny@test"}
+    expected = predictor([pixels[f"f{i}.png"] for i in range(3)])
+    for i in range(3):
+        row = rows[f"f{i}.png"]
+        assert row["error"] is None and len(row["lines"]) == 1
+        # The job's answer is the formula model's own reading of the image: tokens of its vocabulary.
+        assert row["text"] == row["lines"][0]["text"] == expected[i].text
+        assert set(row["text"].split()) <= set(tokenizer.vocabulary.tokens)
+    assert BulkConfig(input="in", output="out", task="latex").recognizer == "models/satrn_latex"
+
+
 def test_demo_prints_a_table_of_the_bundled_receipts(
     tmp_path: Path, tiny_models: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -283,7 +283,7 @@ def test_from_model_dir_rejects_other_tasks_and_unknown_settings(tmp_path: objec
     state = predictor.model.state_dict()
     detection = str(tmp_path) + "/det"
     write_model_dir(detection, ModelSpec(name="det", task="detection", arch="dbnet"), state)
-    with pytest.raises(ConfigError, match="not a recognition model"):
+    with pytest.raises(ConfigError, match="not a recognition or latex model"):
         RecognitionPredictor.from_model_dir(detection)
     odd = str(tmp_path) + "/odd"
     write_model_dir(odd, base.model_copy(update={"preprocess": {**base.preprocess, "gamma": 2.0}}), state)

@@ -1,0 +1,205 @@
+"""Synthetic formulas: grammar in the model's token style, renderers, skip-and-count, rows, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ocrjobs.data import formulas as F
+from ocrjobs.data import synth_cli
+from ocrjobs.data.augment import FORMULA_PRESET, adaptive_binarize
+from ocrjobs.data.formats import read_im2latex
+from ocrjobs.data.formulas import (
+    FormulaGenerator,
+    FormulaGrammar,
+    FormulaRows,
+    RenderError,
+    default_renderer,
+    render_formula,
+    to_mathtext,
+)
+from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary, build_vocabulary, tokenize_latex
+from ocrjobs.recognition.predictor import MIN_ASPECT
+
+ARRAY = "\\begin{array} { c c } x & y \\\\ z & w \\end{array}"
+
+
+@pytest.fixture(scope="module")
+def train_formulas(shared_data: Path) -> list[str]:
+    return [r.text for r in read_im2latex(str(shared_data / "im2latex"), split="train")]
+
+
+def test_grammar_writes_formulas_the_vocabulary_encodes(train_formulas: list[str]) -> None:
+    vocabulary = LatexVocabulary(tuple(build_vocabulary(train_formulas)))
+    tokenizer = LatexTokenizer(vocabulary)
+    grammar = FormulaGrammar(vocabulary.tokens)
+    rng = np.random.default_rng(0)
+    written = [grammar.formula(rng) for _ in range(300)]
+    assert all(tokenizer.can_encode(f) for f in written)
+    # im2latex token style: tokenising the written LaTeX gives back the same tokens
+    assert all(tokenize_latex(f) == f.split() for f in written)
+    used = {t for f in written for t in f.split()}
+    assert {"\\frac", "^", "_", "\\sqrt"} <= used and any(t.startswith("\\left") for t in used)
+    assert len(set(written)) > 250  # varied
+    lengths = [len(f.split()) for f in written]
+    assert 10 <= float(np.median(lengths)) <= 80
+    # environments when asked for, with their structure tokens
+    envs = FormulaGrammar(environments=True)
+    assert any("\\begin{" in envs.formula(np.random.default_rng(i)) for i in range(200))
+
+
+def test_grammar_respects_a_small_vocabulary() -> None:
+    tokens = ("x", "y", "1", "2", "+", "=", "^", "{", "}")
+    grammar = FormulaGrammar(tokens)
+    rng = np.random.default_rng(1)
+    assert all(set(grammar.formula(rng).split()) <= set(tokens) for _ in range(100))
+    with pytest.raises(ValueError, match="letters or digits"):
+        FormulaGrammar(("+", "="))
+
+
+def test_mathtext_conversion() -> None:
+    assert to_mathtext("\\frac 1 2 \\sp { x }") == "$\\frac { 1 } { 2 } ^{ x }$"
+    assert to_mathtext("a \\hspace { 1 c m } b \\label { e q } \\displaystyle c") == "$a b c$"
+    assert to_mathtext("\\mathcal L \\lbrace x \\rbrace \\operatorname* { l i m }") == (
+        "$\\mathcal { L } \\{ x \\} \\operatorname { l i m }$"
+    )
+    for unsupported in (ARRAY, "a \\\\ b", "a & b"):
+        with pytest.raises(RenderError, match="mathtext: environment"):
+            to_mathtext(unsupported)
+
+
+def test_renderer_draws_ink_and_refuses_what_it_cannot_draw() -> None:
+    ink = render_formula("x ^ { 2 } + \\frac { a } { b }", "mathtext", 150)
+    assert ink.dtype == np.uint8 and ink.ndim == 2 and min(ink.shape) > 5
+    assert ink.max() > 200 and (ink[0].any() and ink[-1].any())  # tight around the ink
+    bigger = render_formula("x ^ { 2 } + \\frac { a } { b }", "mathtext", 300)
+    assert bigger.shape[0] > 1.6 * ink.shape[0]
+    with pytest.raises(RenderError) as failure:
+        render_formula("\\notacommand { x }", "mathtext")
+    assert failure.value.reason == "mathtext: parse error"
+    with pytest.raises(ValueError, match="renderer"):
+        render_formula("x", "troff")  # type: ignore[arg-type]
+
+
+def test_renderer_choice_follows_the_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(F.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert default_renderer() == "latex"
+    monkeypatch.setattr(F.shutil, "which", lambda name: None if name == "dvipng" else f"/usr/bin/{name}")
+    assert default_renderer() == "mathtext"
+    assert FormulaGenerator().renderer == "mathtext"
+    with pytest.raises(ValueError, match="needs latex and dvipng"):
+        FormulaGenerator(renderer="latex")
+
+
+@pytest.mark.skipif(not F.latex_available(), reason="latex and dvipng are not installed")
+def test_real_latex_renders_environments() -> None:
+    ink = render_formula(ARRAY, "latex", 150)
+    assert ink.ndim == 2 and ink.shape[0] > 20
+    with pytest.raises(RenderError):
+        render_formula("\\frac { x", "latex")
+
+
+def test_generator_samples_are_seeded_images() -> None:
+    gen = FormulaGenerator(seed=3, renderer="mathtext")
+    image, formula = gen.sample(5)
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    assert image.min() < 100 and np.median(image) > 200  # dark ink on light paper
+    again, formula_again = FormulaGenerator(seed=3, renderer="mathtext").sample(5)
+    assert formula_again == formula and np.array_equal(again, image)
+    assert FormulaGenerator(seed=4, renderer="mathtext").sample(5)[1] != formula
+    assert gen.rendered == 1
+
+
+def test_unrenderable_strings_are_skipped_and_counted() -> None:
+    gen = FormulaGenerator(
+        formulas=[ARRAY, "x ^ { 2 }", "\\bogus { y }"], train_fraction=1.0, renderer="mathtext", seed=0
+    )
+    texts = [gen.sample(i)[1] for i in range(6)]
+    assert set(texts) == {"x ^ { 2 }"}
+    assert gen.skipped["mathtext: environment or alignment"] > 0
+    assert gen.skipped["mathtext: parse error"] > 0
+    assert gen.rendered == 6
+    strict = FormulaGenerator(formulas=["x ^ { 2 }"], vocabulary={"x", "1"}, train_fraction=1.0, max_draws=3)
+    with pytest.raises(RenderError, match="no renderable formula"):
+        strict.sample(0)
+    assert strict.skipped == {"out of vocabulary": 3}
+    short = FormulaGenerator(formulas=["x ^ { 2 }"], train_fraction=1.0, max_tokens=2, max_draws=2)
+    with pytest.raises(RenderError):
+        short.sample(0)
+    assert short.skipped == {"too long": 2}
+
+
+def _items(*items: dict) -> dict[str, np.ndarray]:
+    return {"item": np.array([json.dumps(i) for i in items], dtype=object)}
+
+
+def test_rows_rotate_tall_formulas_and_render_synthetic_ones(tmp_path: Path) -> None:
+    import cv2
+
+    tall = np.full((120, 40, 3), 255, np.uint8)
+    tall[10:110, 18:22] = 0  # a vertical bar: turned, it becomes a horizontal one
+    path = tmp_path / "tall.png"
+    cv2.imwrite(str(path), tall)
+    assert tall.shape[1] / tall.shape[0] < MIN_ASPECT
+    rows = FormulaRows(height=32, width=128, augmenter=None, formulas=("x ^ { 2 }",))
+    batch = rows(
+        _items(
+            {"uri": str(path), "text": "|"},
+            {"synth": "formulas", "seed": 1, "index": 0, "options": {"renderer": "mathtext"}},
+        )
+    )
+    assert batch["image"].shape == (2, 32, 128, 3) and batch["image"].dtype == np.uint8
+    turned = batch["image"][0, :, : batch["valid_w"][0]]
+    assert turned.shape[1] > turned.shape[0]  # 40x120 turned to 120x40, then scaled to height 32
+    dark_rows = np.flatnonzero(turned.min(axis=(1, 2)) < 128)
+    assert 10 <= dark_rows.mean() <= 22  # the bar lies across the middle now
+    assert list(batch["text"]) == ["|", batch["text"][1]] and batch["text"][1]
+    assert 0 < batch["valid_w"][1] <= 128
+
+
+def test_formula_preset_binarises_rotates_and_shears() -> None:
+    image = np.full((60, 200, 3), 200, np.uint8)
+    image[20:40, 20:180] = 40
+    binary = adaptive_binarize(image, block=25, offset=15)
+    assert set(np.unique(binary)) <= {0, 255}
+    rng = np.random.default_rng(0)
+    shapes = {FORMULA_PRESET(image, [], rng)[0].shape for _ in range(20)}
+    assert len(shapes) > 1  # rotation and shear grow the canvas by varying amounts
+    with pytest.raises(ValueError, match="binarize_block"):
+        type(FORMULA_PRESET)(binarize_block=4)
+
+
+def _synth(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    synth_cli.add_arguments(parser)
+    return synth_cli.run(parser.parse_args(argv))
+
+
+def test_synth_formulas_cli_writes_an_im2latex_folder(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "synth"
+    root = str(shared_data / "im2latex")
+    assert _synth(["formulas", "--out", str(out), "--count", "4", "--from-train", root, "--seed", "2"]) == 0
+    records = read_im2latex(str(out))
+    assert len(records) == 4 and all(Path(r.uri).exists() for r in records)
+    vocab = (out / "vocab.txt").read_text().split()
+    assert {t for r in records for t in r.text.split()} == set(vocab)
+    printed = capsys.readouterr().out
+    assert "renderer mathtext; 4 rendered" in printed and "wrote 4 formulas" in printed
+    with pytest.raises(Exception, match="held-out"):
+        _synth(
+            [
+                "formulas",
+                "--out",
+                str(out),
+                "--count",
+                "1",
+                "--from-train",
+                str(shared_data / "im2latex/validate"),
+            ]
+        )
