@@ -254,6 +254,7 @@ class Member:
             "height": p.height,
             "width": p.width,
             "charset_size": p.tokenizer.num_classes - 1,
+            "charset_name": p.tokenizer.to_dict().get("name", "chars"),
             # Members whose fingerprints match share a vocabulary (see the module docstring).
             "charset_sha1": hashlib.sha1(
                 json.dumps(p.tokenizer.to_dict(), sort_keys=True).encode("utf-8")

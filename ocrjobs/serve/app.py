@@ -1,0 +1,803 @@
+"""Online OCR on Ray Serve: a detector and an ensemble of recognizers behind one HTTP API.
+
+Deployments (one per model, each wrapping the same predictor classes as the bulk job):
+
+* ``Detector``: :class:`~ocrjobs.detection.predictor.DetectionPredictor` under ``@serve.batch`` over
+  images. It also cuts and rectifies every polygon (:func:`ocrjobs.geometry.crop_polygon`), as the bulk
+  job's ``DetectStage`` does: the page is already in the replica, the cropping is CPU work that would
+  otherwise stall the ingress's event loop, and only the crops (much smaller than the page) travel on.
+* ``Recognizer_<member>``: one per ensemble member (CRNN, ASTER, SATRN..., any input size), an
+  :class:`~ocrjobs.recognition.ensemble.Member` with ``propose`` and ``score``, each under
+  ``@serve.batch``. A call carries one request's crops; a batch joins the crops of concurrent requests
+  into one predictor call (the predictor buckets them by width).
+* ``Formula_<member>``: the same ``Recognizer`` class for each formula (image -> LaTeX) member of
+  ``formulas``, combined by the same ensemble for ``POST /v1/latex`` (multi-scale: one model at
+  several input sizes, or SATRN + ASTER).
+* ``OcrApi``: the FastAPI ingress (``@serve.ingress``). It checks and decodes the upload, awaits the
+  detector, then runs the ensemble step: round 1 (every member proposes) and round 2 (every member
+  scores the others' candidates) each as one ``asyncio.gather`` over the member handles
+  (:func:`~ocrjobs.recognition.ensemble.run_ensemble_async`). With one member, or where all members
+  agree, round 2 is skipped. The ensemble step lives in the ingress rather than in a deployment of its
+  own: it only awaits handles and compares numbers, so another hop would add latency and nothing else.
+
+Routes: ``POST /v1/ocr`` (a page), ``POST /v1/recognize`` (one line crop), ``POST /v1/latex`` (one
+formula image; 404 ``not_configured`` when the service has no formula members), ``GET /v1/models``,
+``GET /v1/stats`` (request counts and the batch sizes each deployment served), ``GET /healthz``, and
+FastAPI's ``/openapi.json`` and ``/docs``. Uploads are the raw image bytes with an ``image/*``
+Content-Type, or ``multipart/form-data`` with a ``file`` field. Nothing is ever fetched from a URL.
+
+Errors are JSON ``{"error": <code>, "detail": <message>}``: 400 (empty, undecodable or malformed
+input), 401 (bearer token missing or wrong, when one is configured), 404 (a route whose models are not
+configured), 413 (body or pixel count over the
+limits), 415 (not an image content type, or an image format that is not decoded), 503 (overloaded),
+500 (anything else; the message never carries a traceback, the replica log does).
+
+Built from a :class:`~ocrjobs.serve.config.ServeConfig` by :func:`build_app`, the application builder
+named in ``configs/serve.yaml`` (``serve run configs/serve.yaml``, ``serve deploy``, ``ocrjobs serve``).
+"""
+
+# No ``from __future__ import annotations`` here: FastAPI reads the route signatures that Serve's
+# class-based view rewrites, and string annotations there would not be resolved.
+import asyncio
+import functools
+import hmac
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from ocrjobs import __version__
+from ocrjobs.images import ImageDecodeError, decode_image
+from ocrjobs.pipeline import OcrLine, join_text
+from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, run_ensemble_async
+from ocrjobs.serve.config import DetectorConfig, MemberConfig, ServeConfig
+
+__all__ = ["BatchStats", "Detection", "Detector", "OcrApi", "Recognizer", "api", "build_app"]
+
+logger = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+# ------------------------------------------------------------------------------------ model replicas
+
+
+class BatchStats:
+    """How many requests each ``@serve.batch`` call of a replica served (the batch-size histogram)."""
+
+    def __init__(self) -> None:
+        self.sizes: Counter[int] = Counter()
+        self.items = 0
+        self.seconds = 0.0
+
+    def add(self, requests: int, items: int, seconds: float) -> None:
+        """Record one batch of ``requests`` calls holding ``items`` images or crops."""
+        self.sizes[requests] += 1
+        self.items += items
+        self.seconds += seconds
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary: batches, requests, items, mean/max batch size and the histogram."""
+        batches = sum(self.sizes.values())
+        requests = sum(size * n for size, n in self.sizes.items())
+        return {
+            "batches": batches,
+            "requests": requests,
+            "items": self.items,
+            "mean_batch_size": round(requests / batches, 3) if batches else 0.0,
+            "max_batch_size": max(self.sizes, default=0),
+            "batch_size_histogram": {str(k): v for k, v in sorted(self.sizes.items())},
+            "busy_seconds": round(self.seconds, 3),
+        }
+
+
+def _torch_setup(threads: int | None) -> int:
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def _configure_batching(method: Any, max_batch_size: int, wait_s: float) -> None:
+    """Apply the configured sizes to a ``@serve.batch`` method (the decorator's values are defaults)."""
+    method.set_max_batch_size(max_batch_size)
+    method.set_batch_wait_timeout_s(wait_s)
+
+
+def _split(flat: Sequence[R], counts: Sequence[int]) -> list[list[R]]:
+    """Cut ``flat`` back into consecutive pieces of the given lengths (one per batched call)."""
+    out, start = [], 0
+    for n in counts:
+        out.append(list(flat[start : start + n]))
+        start += n
+    return out
+
+
+@dataclass
+class Detection:
+    """What the detector returns for one image.
+
+    Attributes:
+        polygons: float32 ``[n, 2]`` regions in image pixels, in reading order.
+        scores: detection score of each region.
+        crops: the rectified ``[h, w, 3]`` crop of each region.
+    """
+
+    polygons: list[np.ndarray]
+    scores: list[float]
+    crops: list[np.ndarray]
+
+
+@serve.deployment(name="Detector")
+class Detector:
+    """Detection replica: images in, polygons and their rectified crops out.
+
+    Args:
+        settings: a :class:`~ocrjobs.serve.config.DetectorConfig` as a dict.
+    """
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        from ocrjobs.detection.predictor import DetectionPredictor
+
+        config = DetectorConfig.model_validate(settings)
+        self.threads = _torch_setup(config.torch_threads)
+        overrides: dict[str, Any] = {"amp": config.amp}
+        if config.model_batch_size is not None:
+            overrides["batch_size"] = config.model_batch_size
+        if config.limit_side is not None:
+            overrides["limit_side"] = config.limit_side
+        self.predictor = DetectionPredictor.from_model_dir(config.model, device=config.device, **overrides)
+        _configure_batching(self.detect, config.max_batch_size, config.batch_wait_timeout_s)
+        self._stats = BatchStats()
+
+    def _detect_and_crop(self, images: list[np.ndarray]) -> list[Detection]:
+        from ocrjobs.geometry import crop_polygon
+
+        out = []
+        for image, regions in zip(images, self.predictor(images), strict=True):
+            detection = Detection([], [], [])
+            for region in regions:
+                crop = crop_polygon(image, region.polygon)
+                if crop.size == 0:  # thinner than a pixel: nothing to read
+                    continue
+                detection.polygons.append(np.asarray(region.polygon, np.float32))
+                detection.scores.append(float(region.score))
+                detection.crops.append(crop)
+            out.append(detection)
+        return out
+
+    @serve.batch
+    async def detect(self, images: list[np.ndarray]) -> list[Detection]:
+        """Detect and crop a batch of RGB uint8 images (one per request)."""
+        start = time.perf_counter()
+        # In a thread: the replica's event loop keeps queueing the next batch meanwhile.
+        out = await asyncio.to_thread(self._detect_and_crop, images)
+        self._stats.add(len(images), len(images), time.perf_counter() - start)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """Model name, version, input limit, device and torch threads."""
+        p = self.predictor
+        return {
+            "name": p.name,
+            "version": p.version,
+            "limit_side": p.limit_side,
+            "device": str(p.device),
+            "torch_threads": self.threads,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """Batch statistics of this replica."""
+        return {"detect": self._stats.as_dict()}
+
+
+@serve.deployment(name="Recognizer")
+class Recognizer:
+    """One ensemble member's replica: ``propose`` and ``score`` over batches of requests' crops.
+
+    Args:
+        settings: a :class:`~ocrjobs.serve.config.MemberConfig` as a dict.
+        formula: whether this is a formula member (its folder must hold a LaTeX model) or a text-line
+            member (its folder must hold a character model).
+    """
+
+    def __init__(self, settings: dict[str, Any], formula: bool = False) -> None:
+        from ocrjobs.recognition.ensemble import Member
+
+        config = MemberConfig.model_validate(settings)
+        self.threads = _torch_setup(config.torch_threads)
+        self.member = Member.from_model_dir(
+            config.model, device=config.device, name=config.resolved_name, **config.predictor_overrides()
+        )
+        if (self.member.info()["charset_name"] == "latex") != formula:
+            kind = "a text-line model" if formula else "a formula model"
+            raise ValueError(
+                f"{config.model} holds {kind}; it cannot serve as a {'formula' if formula else 'line'} member"
+            )
+        for method in (self.propose, self.score):
+            _configure_batching(method, config.max_batch_size, config.batch_wait_timeout_s)
+        # propose and score batch separately; one model call at a time keeps torch's threads to itself.
+        self._lock = threading.Lock()
+        self._stats = {"propose": BatchStats(), "score": BatchStats()}
+
+    def _locked(self, fn: Callable[..., R], *args: Any) -> R:
+        with self._lock:
+            return fn(*args)
+
+    @serve.batch
+    async def propose(self, calls: list[list[np.ndarray]]) -> list[list[Proposal]]:
+        """Round 1 for a batch of calls, each the crops of one request."""
+        start = time.perf_counter()
+        flat = [crop for call in calls for crop in call]
+        proposals = await asyncio.to_thread(self._locked, self.member.propose, flat) if flat else []
+        self._stats["propose"].add(len(calls), len(flat), time.perf_counter() - start)
+        return _split(proposals, [len(call) for call in calls])
+
+    @serve.batch
+    async def score(self, calls: list[tuple[list[np.ndarray], list[list[str]]]]) -> list[list[list[float]]]:
+        """Round 2 for a batch of calls, each ``(crops, the texts to score for each crop)``."""
+        start = time.perf_counter()
+        flat = [crop for crops, _ in calls for crop in crops]
+        texts = [texts for _, candidates in calls for texts in candidates]
+        scores = await asyncio.to_thread(self._locked, self.member.score, flat, texts) if flat else []
+        self._stats["score"].add(len(calls), len(flat), time.perf_counter() - start)
+        return _split(scores, [len(crops) for crops, _ in calls])
+
+    def info(self) -> dict[str, Any]:
+        """The member's model description and torch threads."""
+        return {**self.member.info(), "torch_threads": self.threads}
+
+    def stats(self) -> dict[str, Any]:
+        """Batch statistics of this replica, per method."""
+        return {name: stats.as_dict() for name, stats in self._stats.items()}
+
+
+class HandleMember:
+    """An ensemble member seen from the ingress: its deployment handle behind ``async`` methods."""
+
+    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+        self.name = name
+        self.handle = handle
+
+    async def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        """Round 1 on the member's deployment."""
+        return await self.handle.propose.remote(list(crops))
+
+    async def score(
+        self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        """Round 2 on the member's deployment."""
+        return await self.handle.score.remote((list(crops), [list(c) for c in candidates]))
+
+
+# ------------------------------------------------------------------------------------ HTTP schema
+
+
+class MemberReading(BaseModel):
+    """One member's own reading of a line."""
+
+    name: str = Field(description="the member (its model folder's name unless configured)")
+    text: str
+    score: float = Field(description="the member's confidence in its text, in [0, 1]")
+
+
+class CandidateScore(BaseModel):
+    """A candidate text with the ensemble's and each member's confidence in it."""
+
+    text: str
+    score: float = Field(description="exp of the mean length-normalised log-likelihood, in [0, 1]")
+    member_scores: list[float] = Field(description="each member's confidence in this text, member order")
+
+
+class LineOut(BaseModel):
+    """One detected and recognised text line."""
+
+    polygon: list[list[float]] = Field(description="[[x, y], ...] in image pixels, clockwise from top-left")
+    text: str
+    score: float = Field(description="recognition confidence of the ensemble's text, in [0, 1]")
+    det_score: float = Field(description="detection score of the region, in [0, 1]")
+    members: list[MemberReading]
+
+
+class ModelVersions(BaseModel):
+    """Which models answered (``name@version``)."""
+
+    detector: str | None = Field(default=None, description="the detector (null on single-image routes)")
+    members: list[str] = Field(description="the ensemble members that read the text, in member order")
+
+
+class OcrResponse(BaseModel):
+    """The text of a page."""
+
+    text: str = Field(description="every line's text in reading order, one line per row")
+    lines: list[LineOut]
+    width: int
+    height: int
+    models: ModelVersions
+
+
+class RecognizeResponse(BaseModel):
+    """The text of one line crop."""
+
+    text: str
+    score: float = Field(description="ensemble confidence, in [0, 1]")
+    members: list[MemberReading]
+    candidates: list[CandidateScore] = Field(description="every candidate, best first")
+    width: int
+    height: int
+    models: ModelVersions
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx answer of the ``/v1`` routes."""
+
+    error: str = Field(description="a machine-readable code, e.g. body_too_large, not_an_image")
+    detail: str = Field(description="what was wrong, for people")
+
+
+class Health(BaseModel):
+    """Liveness."""
+
+    status: str
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, a code and a message for the client."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(status, error, detail)
+        self.status = status
+        self.error = error
+        self.detail = detail
+
+
+# Which decode failures are the client's content type vs. its bytes vs. its size.
+_DECODE_STATUS = {
+    "empty": 400,
+    "not_an_image": 400,
+    "corrupt": 400,
+    "too_many_pixels": 413,
+    "unsupported": 415,
+}
+_FILE_FIELD = "file"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "empty, undecodable or malformed upload",
+        401: "bearer token missing or wrong (only when a token is configured)",
+        413: "body larger than limits.max_body_bytes, or image larger than limits.max_pixels",
+        415: "not an image/* or multipart/form-data upload, or an image format that is not decoded",
+        503: "overloaded or a model deployment is unavailable",
+    }.items()
+}
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "The image: its raw bytes with an image/* Content-Type (image/png, image/jpeg, "
+        "image/tiff, image/webp, image/bmp, image/gif...), or multipart/form-data with a 'file' field.",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {_FILE_FIELD: {"type": "string", "format": "binary"}},
+                    "required": [_FILE_FIELD],
+                }
+            },
+        },
+    }
+}
+
+api = FastAPI(
+    title="ocrjobs online OCR",
+    version=__version__,
+    description="Text detection and an ensemble of text recognizers on Ray Serve. Upload an image as raw "
+    "bytes (image/* Content-Type) or multipart/form-data ('file'); no URLs are fetched.",
+)
+# Declares the optional bearer token in the OpenAPI schema; the check itself is OcrApi._authorize.
+_bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
+_STATUS_COUNTS: Counter[str] = Counter()  # per ingress replica process: "<path> <status>" -> responses
+
+
+@api.exception_handler(ApiError)
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=headers)
+
+
+class _StatusCounter:
+    """ASGI middleware counting responses per route and status (unknown paths count as ``other``, so a
+    scanner cannot grow the table)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):  # under a route prefix
+            path = path[len(root) :]
+        key = path if path in _COUNTED_PATHS else "other"
+
+        async def counting_send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                _STATUS_COUNTS[f"{key} {message['status']}"] += 1
+            await send(message)
+
+        await self.app(scope, receive, counting_send)
+
+
+_COUNTED_PATHS = frozenset({"/healthz", "/v1/ocr", "/v1/recognize", "/v1/latex", "/v1/models", "/v1/stats"})
+api.add_middleware(_StatusCounter)
+
+
+def _response_counts() -> dict[str, int]:
+    # Routes read the counts through this module function: Serve pickles the ingress's methods by
+    # value, with a copy of the module globals they name, so naming _STATUS_COUNTS there would read a
+    # copy that the middleware never updates.
+    return dict(sorted(_STATUS_COUNTS.items()))
+
+
+def _guarded(route: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Turn unexpected exceptions of a route into 503/500 answers without internals (logged here)."""
+
+    @functools.wraps(route)
+    async def wrapper(*args: Any, **kwargs: Any) -> R:
+        try:
+            return await route(*args, **kwargs)
+        except ApiError:
+            raise
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            logger.warning("%s: %s", route.__name__, type(exc).__name__)
+            raise ApiError(503, "overloaded", "the service is overloaded; retry later") from None
+        except Exception:
+            logger.exception("%s failed", route.__name__)
+            raise ApiError(500, "internal", "internal error; the service log has the details") from None
+
+    return wrapper
+
+
+def _version(info: dict[str, Any]) -> str:
+    return f"{info.get('name')}@{info.get('version')}"
+
+
+def _ensemble_info(members: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "members": len(members),
+        "rounds": 2 if len(members) > 1 else 1,
+        "shared_charset": len({m["charset_sha1"] for m in members}) <= 1,
+    }
+
+
+def _members_out(result: EnsembleResult) -> list[MemberReading]:
+    return [MemberReading(name=m.name, text=m.text, score=m.score) for m in result.members]
+
+
+@serve.deployment(name="OcrApi")
+@serve.ingress(api)
+class OcrApi:
+    """The HTTP ingress: input checks, detection, the ensemble rounds, JSON out.
+
+    Args:
+        detector: handle of the ``Detector`` deployment.
+        members: handles of the ``Recognizer`` deployments, in ``config.members`` order.
+        settings: the whole :class:`~ocrjobs.serve.config.ServeConfig` as a dict.
+        formulas: handles of the ``Formula`` deployments, in ``config.formulas`` order.
+    """
+
+    def __init__(
+        self,
+        detector: DeploymentHandle,
+        members: list[DeploymentHandle],
+        settings: dict[str, Any],
+        formulas: list[DeploymentHandle] | None = None,
+    ) -> None:
+        self.config = ServeConfig.model_validate(settings)
+        formulas = formulas or []
+        if len(members) != len(self.config.members) or len(formulas) != len(self.config.formulas):
+            raise ValueError(
+                f"{len(members)} member and {len(formulas)} formula handles for "
+                f"{len(self.config.members)} members and {len(self.config.formulas)} formulas"
+            )
+        self.detector = detector
+        self.members = [
+            HandleMember(m.resolved_name, handle)
+            for m, handle in zip(self.config.members, members, strict=True)
+        ]
+        self.formulas = [
+            HandleMember(m.resolved_name, handle)
+            for m, handle in zip(self.config.formulas, formulas, strict=True)
+        ]
+        env = self.config.auth.token_env
+        # Read once from this replica's environment; the token never enters configs or responses.
+        self._token = (os.environ.get(env) or "") if env else ""
+        self._versions: ModelVersions | None = None
+        self._formula_versions: ModelVersions | None = None
+
+    # ---------------------------------------------------------------- input
+
+    def _authorize(self, request: Request) -> None:
+        if not self._token:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8", "replace"), self._token.encode("utf-8")
+        ):
+            raise ApiError(401, "unauthorized", "send the service token as 'Authorization: Bearer <token>'")
+
+    async def _read_body(self, request: Request) -> tuple[str, bytes]:
+        """(media type, body) after the content-type and size checks."""
+        limit = self.config.limits.max_body_bytes
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (media.startswith("image/") or media == "multipart/form-data"):
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                f"Content-Type {media or '(none)'!r} is not accepted: send the image bytes with an image/* "
+                "Content-Type, or multipart/form-data with a 'file' field",
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.strip().isdigit():
+                raise ApiError(400, "bad_request", "Content-Length is not a number")
+            if int(declared) > limit:
+                raise ApiError(413, "body_too_large", f"body of {int(declared)} bytes exceeds {limit} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # also bounds bodies sent without Content-Length
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+            chunks.append(chunk)
+        return media, b"".join(chunks)
+
+    async def _file_part(self, request: Request, body: bytes) -> bytes:
+        """The ``file`` part of a multipart body that has already passed the size limit."""
+        try:
+            import python_multipart  # noqa: F401  (starlette's multipart backend)
+            from starlette.datastructures import UploadFile
+            from starlette.formparsers import MultiPartException, MultiPartParser
+        except ImportError:
+            raise ApiError(
+                415,
+                "unsupported_media_type",
+                "multipart uploads are not available on this server; send the image bytes with an "
+                "image/* Content-Type",
+            ) from None
+
+        async def stream() -> AsyncGenerator[bytes, None]:
+            yield body
+            yield b""
+
+        try:
+            form = await MultiPartParser(
+                request.headers, stream(), max_files=1, max_fields=16, max_part_size=len(body) + 1
+            ).parse()
+        except MultiPartException as exc:
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc.message}") from None
+        try:
+            part = form.get(_FILE_FIELD)
+            if not isinstance(part, UploadFile):
+                raise ApiError(400, "missing_file", f"multipart body has no file field {_FILE_FIELD!r}")
+            media = (part.content_type or "").split(";")[0].strip().lower()
+            if media and not (media.startswith("image/") or media == "application/octet-stream"):
+                raise ApiError(415, "unsupported_media_type", f"file part has Content-Type {media!r}")
+            return await part.read()
+        finally:
+            await form.close()
+
+    async def _image(self, request: Request) -> np.ndarray:
+        """The request's image, checked and decoded (pixel limit from the header, before decoding)."""
+        self._authorize(request)
+        media, body = await self._read_body(request)
+        if media == "multipart/form-data":
+            body = await self._file_part(request, body)
+        try:
+            return await asyncio.to_thread(decode_image, body, self.config.limits.max_pixels)
+        except ImageDecodeError as exc:
+            raise ApiError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, exc.message) from None
+
+    async def _model_versions(self) -> ModelVersions:
+        if self._versions is None:
+            infos = await asyncio.gather(
+                self.detector.info.remote(),
+                *(m.handle.info.remote() for m in [*self.members, *self.formulas]),
+            )
+            n = 1 + len(self.members)
+            self._versions = ModelVersions(
+                detector=_version(infos[0]), members=[_version(i) for i in infos[1:n]]
+            )
+            self._formula_versions = ModelVersions(members=[_version(i) for i in infos[n:]])
+        return self._versions
+
+    # ---------------------------------------------------------------- routes
+
+    @api.get("/healthz", response_model=Health)
+    async def healthz(self) -> Health:
+        """Liveness: the ingress answers (no auth, for load balancers and probes)."""
+        return Health(status="ok")
+
+    @api.post(
+        "/v1/ocr",
+        response_model=OcrResponse,
+        responses=_ERRORS,
+        openapi_extra=_IMAGE_BODY,
+        dependencies=[Depends(_bearer)],
+    )
+    @_guarded
+    async def ocr(self, request: Request) -> OcrResponse:
+        """Detect the text lines of a page and read each with the recognizer ensemble."""
+        image = await self._image(request)
+        detection: Detection = await self.detector.detect.remote(image)
+        results = await run_ensemble_async(self.members, detection.crops) if detection.crops else []
+        lines = [
+            OcrLine(polygon, result.text, det_score, result.score)
+            for polygon, det_score, result in zip(detection.polygons, detection.scores, results, strict=True)
+        ]
+        return OcrResponse(
+            text=join_text(lines),
+            lines=[
+                LineOut(
+                    polygon=np.asarray(line.polygon, np.float64).round(2).tolist(),
+                    text=line.text,
+                    score=line.rec_score,
+                    det_score=line.det_score,
+                    members=_members_out(result),
+                )
+                for line, result in zip(lines, results, strict=True)
+            ],
+            width=int(image.shape[1]),
+            height=int(image.shape[0]),
+            models=await self._model_versions(),
+        )
+
+    @api.post(
+        "/v1/recognize",
+        response_model=RecognizeResponse,
+        responses=_ERRORS,
+        openapi_extra=_IMAGE_BODY,
+        dependencies=[Depends(_bearer)],
+    )
+    @_guarded
+    async def recognize(self, request: Request) -> RecognizeResponse:
+        """Read one text-line crop with the ensemble; every member's reading and score is included."""
+        crop = await self._image(request)
+        versions = await self._model_versions()
+        return await self._read_one(self.members, crop, ModelVersions(members=versions.members))
+
+    @api.post(
+        "/v1/latex",
+        response_model=RecognizeResponse,
+        responses={**_ERRORS, 404: {"model": ErrorResponse, "description": "no formula models configured"}},
+        openapi_extra=_IMAGE_BODY,
+        dependencies=[Depends(_bearer)],
+    )
+    @_guarded
+    async def latex(self, request: Request) -> RecognizeResponse:
+        """Read one formula image as LaTeX (im2latex-style tokens separated by spaces) with the formula
+        ensemble; every member's reading and score is included."""
+        self._authorize(request)
+        if not self.formulas:
+            raise ApiError(404, "not_configured", "this service has no formula models (config: formulas)")
+        image = await self._image(request)
+        await self._model_versions()
+        assert self._formula_versions is not None
+        return await self._read_one(self.formulas, image, self._formula_versions)
+
+    async def _read_one(
+        self, members: list[HandleMember], crop: np.ndarray, models: ModelVersions
+    ) -> RecognizeResponse:
+        (result,) = await run_ensemble_async(members, [crop])
+        return RecognizeResponse(
+            text=result.text,
+            score=result.score,
+            members=_members_out(result),
+            candidates=[
+                CandidateScore(
+                    text=c.text,
+                    score=float(np.exp(c.mean)),
+                    member_scores=[float(np.exp(s)) for s in c.member_scores],
+                )
+                for c in result.candidates
+            ],
+            width=int(crop.shape[1]),
+            height=int(crop.shape[0]),
+            models=models,
+        )
+
+    @api.get("/v1/models", responses=_ERRORS, dependencies=[Depends(_bearer)])
+    @_guarded
+    async def models(self, request: Request) -> dict[str, Any]:
+        """The detector and the ensemble members: names, versions, architectures, input sizes; limits."""
+        self._authorize(request)
+        detector, *infos = await asyncio.gather(
+            self.detector.info.remote(),
+            *(m.handle.info.remote() for m in [*self.members, *self.formulas]),
+        )
+        members, formulas = infos[: len(self.members)], infos[len(self.members) :]
+        for prefix, group in (("Recognizer", members), ("Formula", formulas)):
+            for info in group:
+                info["deployment"] = f"{prefix}_{info['name']}"
+        return {
+            "detector": {**detector, "deployment": "Detector"},
+            "members": members,
+            "ensemble": _ensemble_info(members),
+            "formulas": formulas,
+            "formula_ensemble": _ensemble_info(formulas),
+            "limits": self.config.limits.model_dump(),
+        }
+
+    @api.get("/v1/stats", responses=_ERRORS, dependencies=[Depends(_bearer)])
+    @_guarded
+    async def stats(self, request: Request) -> dict[str, Any]:
+        """Responses by route and status (this ingress replica) and batch-size histograms (one replica
+        of each model deployment: with several replicas, each call may reach a different one)."""
+        self._authorize(request)
+        named = [(f"Recognizer_{m.name}", m) for m in self.members]
+        named += [(f"Formula_{m.name}", m) for m in self.formulas]
+        detector, *stats = await asyncio.gather(
+            self.detector.stats.remote(), *(m.handle.stats.remote() for _, m in named)
+        )
+        deployments = {"Detector": detector}
+        for (name, _), member_stats in zip(named, stats, strict=True):
+            deployments[name] = member_stats
+        return {"responses": _response_counts(), "deployments": deployments}
+
+
+# ------------------------------------------------------------------------------------ builder
+
+
+def build_app(args: dict[str, Any] | ServeConfig) -> Application:
+    """The application builder named in ``configs/serve.yaml`` (``import_path``).
+
+    Args:
+        args: the application's ``args`` (a :class:`~ocrjobs.serve.config.ServeConfig` as a dict; a
+            ``ServeConfig`` is accepted too).
+
+    Returns:
+        The bound application: ``OcrApi`` over ``Detector``, one ``Recognizer_<member>`` per member and
+        one ``Formula_<member>`` per formula member.
+
+    Raises:
+        ConfigError: invalid args (the message names the field).
+
+    >>> app = build_app({"members": [{"model": "models/crnn_en"}, {"model": "models/aster_en"}]})
+    >>> type(app).__name__
+    'Application'
+    """
+    config = ServeConfig.from_args(args)
+    detector = Detector.options(  # type: ignore[attr-defined]  # a Deployment at run time
+        name="Detector", **config.detector.deployment_options()
+    ).bind(config.detector.model_dump(mode="json"))
+    members = [
+        Recognizer.options(  # type: ignore[attr-defined]
+            name=f"Recognizer_{m.resolved_name}", **m.deployment_options()
+        ).bind(m.model_dump(mode="json"))
+        for m in config.members
+    ]
+    formulas = [
+        Recognizer.options(  # type: ignore[attr-defined]
+            name=f"Formula_{m.resolved_name}", **m.deployment_options()
+        ).bind(m.model_dump(mode="json"), formula=True)
+        for m in config.formulas
+    ]
+    return OcrApi.options(  # type: ignore[attr-defined]
+        name="OcrApi", **config.ingress.deployment_options()
+    ).bind(detector, members, config.model_dump(mode="json"), formulas)

@@ -1,0 +1,497 @@
+"""The online OCR service on the session's local Ray, called over real HTTP on 127.0.0.1.
+
+A tiny random-weight application (detector + a CTC and an attention member with different input sizes,
+a bearer token configured) answers the structure, bad-input, batching and schema-fuzz tests: its text
+is noise, but the response structure, the ensemble's choice (the best mean score) and the status codes
+hold for trained models too. The last test deploys the shipped models (``models/dbnet_doc`` +
+``models/crnn_en``) and checks their text on rendered receipt lines.
+
+Serve is started once for the module on a free port and shut down at the end, so other modules can
+keep using the session's Ray.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from ocrjobs.metrics.text import cer
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+TOKEN_ENV = "OCRJOBS_TEST_SERVE_TOKEN"
+# A throwaway value for this test only. It reaches the ingress through `env_vars`, which Serve shows in
+# its status: real deployments give the replicas' hosts the variable instead (configs/serve.yaml).
+TOKEN = "test-token-not-a-secret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MAX_BODY = 300_000
+MAX_PIXELS = 2_000_000
+FONT = matplotlib.get_data_path() + "/fonts/ttf/DejaVuSans.ttf"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def render_lines(lines: list[str], size: int = 26, width: int = 640) -> Image.Image:
+    """Receipt-like black lines of text on white, one per row (DejaVu Sans)."""
+    font = ImageFont.truetype(FONT, size)
+    step = int(size * 1.9)
+    image = Image.new("RGB", (width, step * len(lines) + 2 * size), "white")
+    draw = ImageDraw.Draw(image)
+    for k, text in enumerate(lines):
+        draw.text((size, size + k * step), text, font=font, fill="black")
+    return image
+
+
+def write_tiny_models(root: Path) -> tuple[str, str, str]:
+    """Random-weight detector, CTC member (32 px high, up to 256 wide) and attention member (32x96)."""
+    import torch
+
+    from ocrjobs.detection.dbnet import build_detector
+    from ocrjobs.detection.postprocess import DBPostProcessor
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.tokenizer import AttentionTokenizer, CTCTokenizer
+
+    torch.manual_seed(0)
+    # Zero thresholds make the random detector's output weight-independent: one region per image.
+    detector = DetectionPredictor(
+        build_detector("dbnet_mobilenetv3", neck_channels=32),
+        limit_side=256,
+        postprocessor=DBPostProcessor(thresh=0.0, box_thresh=0.0),
+        name="det_tiny",
+        version="test",
+    )
+    ctc = CTCTokenizer()
+    crnn = build_recognizer("crnn_small", ctc.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    attention = AttentionTokenizer()
+    aster = build_recognizer(
+        "aster",
+        attention.num_classes,
+        channels=(8, 16, 16, 16, 16),
+        depths=(1, 1, 1, 1, 1),
+        hidden=16,
+        decoder_hidden=16,
+        embed_dim=8,
+        attn_dim=16,
+        tps_channels=(8, 8, 8),
+        tps_points=6,
+        width=96,
+    )
+    return (
+        detector.save_model_dir(root / "det_tiny"),
+        RecognitionPredictor(crnn, ctc, name="crnn_tiny", version="test").save_model_dir(root / "crnn_tiny"),
+        RecognitionPredictor(
+            aster, attention, width=96, max_len=8, name="aster_tiny", version="test"
+        ).save_model_dir(root / "aster_tiny"),
+    )
+
+
+FORMULA_TOKENS = ("x", "^", "{", "}", "2", "\\frac", "+", "=", "y")
+
+
+def write_tiny_formula_models(root: Path) -> tuple[str, str]:
+    """Two random-weight SATRN formula members sharing a LaTeX vocabulary, at 32x64 and 32x128."""
+    import torch
+
+    from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+    torch.manual_seed(1)
+    tokenizer = LatexTokenizer(LatexVocabulary(FORMULA_TOKENS))
+    folders = []
+    for width in (64, 128):
+        model = build_recognizer(
+            "satrn",
+            tokenizer.num_classes,
+            dim=16,
+            heads=2,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_ff=16,
+            decoder_ff=16,
+        )
+        predictor = RecognitionPredictor(
+            model, tokenizer, height=32, width=width, max_len=8, name=f"latex_w{width}", version="test"
+        )
+        folders.append(predictor.save_model_dir(root / f"latex_w{width}"))
+    return folders[0], folders[1]
+
+
+@pytest.fixture(scope="module")
+def serve_http(ray_session: None) -> Iterator[str]:
+    """Serve's HTTP proxy on 127.0.0.1 and a free port; Serve is shut down after the module."""
+    from ray import serve
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tiny application under the route prefix ``/tiny``; returns its base URL."""
+    from ray import serve
+
+    from ocrjobs.serve.app import build_app
+
+    root = tmp_path_factory.mktemp("serve_models")
+    detector, crnn, aster = write_tiny_models(root)
+    small, large = write_tiny_formula_models(root)
+    batching = {"batch_wait_timeout_s": 0.05, "num_cpus": 0.25}
+    args = {
+        "detector": {"model": detector, **batching},
+        "members": [{"model": crnn, **batching}, {"model": aster, **batching}],
+        "formulas": [{"model": small, "num_cpus": 0.05}, {"model": large, "num_cpus": 0.05}],
+        "ingress": {"num_cpus": 0.1, "env_vars": {TOKEN_ENV: TOKEN}},
+        "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
+        "auth": {"token_env": TOKEN_ENV},
+    }
+    serve.run(build_app(args), name="tiny", route_prefix="/tiny")
+    try:
+        yield f"{serve_http}/tiny"
+    finally:
+        serve.delete("tiny")
+
+
+@pytest.fixture
+def client(service: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=service, headers=AUTH, timeout=120) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def page_png() -> bytes:
+    return _encode(render_lines(["RECEIPT 0042", "COFFEE 3.50", "TOTAL 5.75"], size=16, width=240))
+
+
+# ---------------------------------------------------------------- answers
+
+
+def _check_ensemble_choice(body: dict, n_members: int = 2) -> None:
+    """The winner is the first candidate, candidates are ranked by score, every member is reported."""
+    assert len(body["members"]) == n_members
+    candidates = body["candidates"]
+    assert body["text"] == candidates[0]["text"]
+    assert body["score"] == pytest.approx(candidates[0]["score"])
+    scores = [c["score"] for c in candidates]
+    assert scores == sorted(scores, reverse=True)
+    assert {m["text"] for m in body["members"]} == {c["text"] for c in candidates}
+    for c in candidates:
+        assert len(c["member_scores"]) == n_members
+        # The ensemble score is exp(mean log score) = the geometric mean of the members' scores.
+        assert c["score"] == pytest.approx(float(np.prod(c["member_scores"])) ** (1 / n_members), rel=1e-4)
+
+
+def test_ocr_returns_lines_and_the_full_text(client: httpx.Client, page_png: bytes) -> None:
+    response = client.post("/v1/ocr", content=page_png, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["width"], body["height"]) == Image.open(io.BytesIO(page_png)).size
+    assert body["models"] == {"detector": "det_tiny@test", "members": ["crnn_tiny@test", "aster_tiny@test"]}
+    assert body["lines"], "the zero-threshold detector finds a region in every image"
+    for line in body["lines"]:
+        points = np.asarray(line["polygon"])
+        assert points.shape[1] == 2 and len(points) >= 4
+        assert 0 <= line["det_score"] <= 1 and 0 <= line["score"] <= 1
+        assert [m["name"] for m in line["members"]] == ["crnn_tiny", "aster_tiny"]
+        assert line["text"] in {m["text"] for m in line["members"]}
+    assert body["text"] == "\n".join(line["text"] for line in body["lines"] if line["text"])
+
+    # The same image as multipart/form-data, and as JPEG, is read the same way.
+    multipart = client.post("/v1/ocr", files={"file": ("page.png", page_png, "image/png")})
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.json() == body
+    jpeg = _encode(Image.open(io.BytesIO(page_png)).convert("RGB"), "JPEG")
+    assert client.post("/v1/ocr", content=jpeg, headers={"Content-Type": "image/jpeg"}).status_code == 200
+
+
+def test_recognize_reports_every_member_and_picks_the_best_mean(client: httpx.Client) -> None:
+    crop = _encode(render_lines(["TOTAL 12.50"], size=20, width=200))
+    response = client.post("/v1/recognize", content=crop, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _check_ensemble_choice(body)
+    assert body["models"]["members"] == ["crnn_tiny@test", "aster_tiny@test"]
+
+
+def test_latex_reads_a_formula_with_the_formula_ensemble(client: httpx.Client) -> None:
+    image = Image.new("RGB", (160, 40), "white")
+    ImageDraw.Draw(image).text((8, 12), "x^2 + y = 2", fill="black")
+    response = client.post("/v1/latex", content=_encode(image), headers={"Content-Type": "image/png"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    _check_ensemble_choice(body)
+    assert body["models"] == {
+        "detector": None,
+        "members": ["latex_w64@test", "latex_w128@test"],
+    }
+    assert [m["name"] for m in body["members"]] == ["latex_w64", "latex_w128"]
+    assert set(body["text"].split()) <= set(FORMULA_TOKENS)
+
+
+def test_models_stats_health_and_openapi(client: httpx.Client, service: str) -> None:
+    models = client.get("/v1/models").json()
+    assert models["detector"]["name"] == "det_tiny"
+    assert [(m["name"], m["decoding"], m["width"]) for m in models["members"]] == [
+        ("crnn_tiny", "ctc", 256),
+        ("aster_tiny", "attention", 96),
+    ]
+    assert [m["deployment"] for m in models["members"]] == ["Recognizer_crnn_tiny", "Recognizer_aster_tiny"]
+    assert models["ensemble"] == {"members": 2, "rounds": 2, "shared_charset": True}
+    assert models["limits"]["max_pixels"] == MAX_PIXELS
+    assert [(m["deployment"], m["width"], m["charset_name"]) for m in models["formulas"]] == [
+        ("Formula_latex_w64", 64, "latex"),
+        ("Formula_latex_w128", 128, "latex"),
+    ]
+    assert models["formula_ensemble"] == {"members": 2, "rounds": 2, "shared_charset": True}
+    stats = client.get("/v1/stats").json()
+    assert set(stats["deployments"]) == {
+        "Detector",
+        "Recognizer_crnn_tiny",
+        "Recognizer_aster_tiny",
+        "Formula_latex_w64",
+        "Formula_latex_w128",
+    }
+    # Open routes: no token needed.
+    assert httpx.get(f"{service}/healthz").json() == {"status": "ok"}
+    schema = httpx.get(f"{service}/openapi.json").json()
+    assert {"/v1/ocr", "/v1/recognize", "/v1/latex", "/v1/models", "/v1/stats", "/healthz"} <= set(
+        schema["paths"]
+    )
+    assert set(schema["paths"]["/v1/ocr"]["post"]["requestBody"]["content"]) >= {
+        "image/png",
+        "multipart/form-data",
+    }
+    assert httpx.get(f"{service}/docs").status_code == 200
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def _png_bomb() -> bytes:
+    # 3000 x 3000 one-bit pixels compress to about a kilobyte: 9 MP, over the limit, refused from the
+    # header before a pixel buffer is allocated.
+    return _encode(Image.new("1", (3000, 3000)))
+
+
+def _ico() -> bytes:
+    return _encode(Image.new("RGB", (16, 16)), "ICO")
+
+
+def _bad_requests(page_png: bytes) -> dict[str, tuple[dict, int, str]]:
+    png = {"Content-Type": "image/png"}
+    return {
+        "wrong content type": ({"content": page_png, "headers": {"Content-Type": "text/plain"}}, 415, ""),
+        "no content type": ({"content": page_png}, 415, "unsupported_media_type"),
+        "json body": ({"json": {"url": "http://169.254.169.254/"}}, 415, "unsupported_media_type"),
+        "empty body": ({"content": b"", "headers": png}, 400, "empty"),
+        "not an image": ({"content": b"hello, world", "headers": png}, 400, "not_an_image"),
+        "truncated png": ({"content": page_png[: len(page_png) // 2], "headers": png}, 400, "corrupt"),
+        "body over the limit": ({"content": b"\0" * (MAX_BODY + 1), "headers": png}, 413, "body_too_large"),
+        "decompression bomb": ({"content": _png_bomb(), "headers": png}, 413, "too_many_pixels"),
+        "unsupported format": (
+            {"content": _ico(), "headers": {"Content-Type": "image/x-icon"}},
+            415,
+            "unsupported",
+        ),
+        "multipart without file": (
+            {"files": {"image": ("a.png", page_png, "image/png")}},
+            400,
+            "missing_file",
+        ),
+        "multipart text part": ({"files": {"file": ("a.txt", b"hello", "text/plain")}}, 415, ""),
+        "malformed multipart": (
+            {"content": b"--x\r\nnot a part", "headers": {"Content-Type": "multipart/form-data; boundary=y"}},
+            400,
+            "bad_multipart",
+        ),
+        "no token": ({"content": page_png, "headers": {**png, "Authorization": ""}}, 401, "unauthorized"),
+        "wrong token": ({"content": page_png, "headers": {**png, "Authorization": "Bearer nope"}}, 401, ""),
+    }
+
+
+BAD_NAMES = list(_bad_requests(b"").keys())
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize("route", ["/v1/ocr", "/v1/recognize", "/v1/latex"])
+def test_bad_inputs_get_their_4xx_without_internals(
+    client: httpx.Client, page_png: bytes, name: str, route: str
+) -> None:
+    kwargs, status, error = _bad_requests(page_png)[name]
+    response = client.post(route, **kwargs)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"} and body["detail"]
+    if error:
+        assert body["error"] == error
+    assert "Traceback" not in response.text and 'File "' not in response.text and TOKEN not in response.text
+
+
+def test_a_body_without_content_length_is_cut_at_the_limit(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_BODY // 10_000 + 5):
+            yield b"\0" * 10_000
+
+    response = client.post("/v1/ocr", content=chunks(), headers={"Content-Type": "image/png"})
+    assert response.status_code == 413 and response.json()["error"] == "body_too_large"
+
+
+def test_protected_routes_need_the_token(service: str) -> None:
+    for path in ("/v1/models", "/v1/stats"):
+        response = httpx.get(f"{service}{path}")
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+
+
+def test_the_service_keeps_answering_after_bad_inputs(client: httpx.Client, page_png: bytes) -> None:
+    assert client.get("/healthz").status_code == 200
+    response = client.post("/v1/ocr", content=page_png, headers={"Content-Type": "image/png"})
+    assert response.status_code == 200 and response.json()["lines"]
+    counts = client.get("/v1/stats").json()["responses"]
+    assert counts.get("/v1/ocr 415", 0) >= 3 and counts.get("/v1/ocr 200", 0) >= 1
+    assert not [key for key in counts if key.endswith(" 500")]
+
+
+# ---------------------------------------------------------------- batching and fuzzing
+
+
+def test_concurrent_requests_are_batched(service: str, page_png: bytes) -> None:
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=service, headers=AUTH, timeout=120) as c:
+            responses = await asyncio.gather(
+                *(
+                    c.post("/v1/ocr", content=page_png, headers={"Content-Type": "image/png"})
+                    for _ in range(12)
+                )
+            )
+        return [r.status_code for r in responses]
+
+    assert asyncio.run(burst()) == [200] * 12
+    stats = httpx.get(f"{service}/v1/stats", headers=AUTH).json()["deployments"]
+    largest = {
+        f"{deployment}.{method}": s["max_batch_size"]
+        for deployment, methods in stats.items()
+        for method, s in methods.items()
+    }
+    # 12 requests at once through queues that wait 50 ms for company: some batch holds several.
+    assert max(largest.values()) > 1, json.dumps(stats)
+
+
+def test_fuzzing_the_served_openapi_schema_finds_no_server_errors(service: str) -> None:
+    """schemathesis generates requests from the served schema (valid and invalid ones); none may 5xx."""
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis.errors import Unsatisfiable
+
+    schema = schemathesis.openapi.from_url(f"{service}/openapi.json")
+    statuses: dict[str, set[int]] = {}
+
+    def fuzz(operation: Any, mode: Any, seen: set[int], examples: int) -> None:
+        @given(case=operation.as_strategy(mode))
+        @settings(
+            max_examples=examples,
+            deadline=None,
+            database=None,
+            phases=[Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def no_server_error(case: Any) -> None:
+            response = case.call(base_url=service, headers=AUTH, timeout=120)
+            seen.add(response.status_code)
+            assert response.status_code < 500, (case.media_type, response.status_code, response.text)
+            assert "Traceback" not in response.text
+
+        no_server_error()
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        for mode in schemathesis.GenerationMode:
+            key = f"{operation.method.upper()} {operation.path} {mode.value}"
+            examples = 12 if operation.method.upper() == "POST" else 4
+            try:
+                fuzz(operation, mode, statuses.setdefault(key, set()), examples)
+            except Unsatisfiable:
+                # Nothing to make invalid (GET /healthz has no parameters, body or auth).
+                assert mode == schemathesis.GenerationMode.NEGATIVE, key
+                del statuses[key]
+    assert len(statuses) >= 9 and all(statuses.values()), statuses
+    # The fuzzer did reach the models, not only the input checks.
+    assert 200 in statuses["POST /v1/ocr positive"] | statuses["POST /v1/recognize positive"]
+    assert httpx.get(f"{service}/healthz").status_code == 200
+
+
+# ---------------------------------------------------------------- shipped models
+
+
+RECEIPT_LINES = ["TOTAL 12.50", "CASH 20.00", "CHANGE 7.50", "GST 6% 0.71", "THANK YOU"]
+
+
+@pytest.fixture(scope="module")
+def shipped(serve_http: str) -> Iterator[str]:
+    """``configs/serve.yaml``'s application with the shipped models, under ``/shipped``."""
+    from ray import serve
+
+    from ocrjobs.serve.app import build_app
+    from ocrjobs.serve.cli import local_model_paths
+    from ocrjobs.serve.config import read_serve_file
+
+    _, _, config = read_serve_file(REPO_ROOT / "configs" / "serve.yaml")
+    local_model_paths(config, REPO_ROOT)
+    for section in [config.detector, *config.members]:
+        assert Path(section.model).is_dir(), f"shipped model folder {section.model} is missing"
+        section.num_cpus = 0.4  # beside the tiny application on the 2-CPU test Ray
+    config.ingress.num_cpus = 0.1
+    config.auth.token_env = None
+    serve.run(build_app(config), name="shipped", route_prefix="/shipped")
+    try:
+        yield f"{serve_http}/shipped"
+    finally:
+        serve.delete("shipped")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_shipped_models_read_rendered_receipt_lines(shipped: str, fmt: str) -> None:
+    # Receipt scale (20 px text on a 480 px wide slip), the scale of the SROIE receipts the detector
+    # was trained on: much larger text is outside what it has seen.
+    image = _encode(render_lines(RECEIPT_LINES, size=20, width=480), fmt)
+    response = httpx.post(
+        f"{shipped}/v1/ocr", content=image, headers={"Content-Type": f"image/{fmt.lower()}"}, timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    error = cer([body["text"]], ["\n".join(RECEIPT_LINES)])
+    assert error <= 0.1, f"CER {error:.3f}: {body['text']!r}"
+
+
+def test_latex_without_formula_models_is_404_with_a_reason(shipped: str) -> None:
+    response = httpx.post(
+        f"{shipped}/v1/latex", content=_encode(render_lines(["x"])), headers={"Content-Type": "image/png"}
+    )
+    assert response.status_code == 404 and response.json()["error"] == "not_configured"

@@ -1,0 +1,220 @@
+"""ServeConfig and the Serve config files we ship: validation, overrides, deployment options, the CLI's
+``--check`` (no Ray is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ocrjobs import cli
+from ocrjobs.config import ConfigError
+from ocrjobs.serve.config import APP_IMPORT_PATH, ServeConfig, read_serve_file
+from tests.conftest import REPO_ROOT
+
+SERVE_YAML = REPO_ROOT / "configs" / "serve.yaml"
+RAYSERVICE = REPO_ROOT / "cluster" / "serve-rayservice.yaml"
+
+
+def test_the_shipped_serve_yaml_is_a_serve_config_file_for_our_builder() -> None:
+    file, app, config = read_serve_file(SERVE_YAML)
+    assert (file.http_options.host, file.http_options.port) == ("127.0.0.1", 8000)
+    assert (app.import_path, app.route_prefix) == (APP_IMPORT_PATH, "/")
+    assert config.detector.model == "models/dbnet_doc"
+    assert [m.model for m in config.members] == ["models/crnn_en"]
+    assert config.auth.token_env == "OCRJOBS_SERVE_TOKEN"
+    # The second member is there, commented out, until its model is trained.
+    assert "# - {model: models/aster_en" in SERVE_YAML.read_text()
+    # Its resources fit the 2-CPU development machine even with the second member enabled.
+    reserved = config.ingress.num_cpus + config.detector.num_cpus + 2 * config.members[0].num_cpus
+    assert reserved <= 2.0
+    for section in [config.detector, *config.members]:
+        assert section.max_ongoing_requests >= section.max_batch_size > 1
+
+
+def test_the_rayservice_manifest_carries_a_valid_config() -> None:
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    assert manifest["kind"] == "RayService"
+    serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == APP_IMPORT_PATH
+    config = ServeConfig.from_args(app["args"])
+    assert len(config.members) == 2 and {m.resolved_name for m in config.members} == {"crnn_en", "aster_en"}
+    assert config.detector.device == "cuda" and all(m.device == "cuda" for m in config.members)
+    assert config.detector.autoscaling is not None and config.detector.num_replicas is None
+
+
+def test_defaults_and_deployment_options() -> None:
+    config = ServeConfig.from_args({})
+    assert [m.resolved_name for m in config.members] == ["crnn_en"]
+    options = config.detector.deployment_options()
+    assert options["num_replicas"] == 1 and "autoscaling_config" not in options
+    assert options["ray_actor_options"] == {"num_cpus": config.detector.num_cpus, "num_gpus": 0.0}
+    scaled = ServeConfig.from_args(
+        {
+            "detector": {
+                "num_replicas": None,
+                "autoscaling": {"min_replicas": 0, "max_replicas": 3, "target_ongoing_requests": 4},
+                "num_gpus": 0.5,
+                "env_vars": {"OMP_NUM_THREADS": "2"},
+            }
+        }
+    ).detector
+    options = scaled.deployment_options()
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"]["max_replicas"] == 3
+    assert options["autoscaling_config"]["target_ongoing_requests"] == 4
+    assert options["ray_actor_options"]["runtime_env"] == {"env_vars": {"OMP_NUM_THREADS": "2"}}
+    assert scaled.device == "cuda"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"detector": {"max_batch_sise": 4}}, "field 'detector.max_batch_sise': unknown field"),
+        ({"members": []}, "field 'members'"),
+        ({"members": [{"decoder": "greedy"}]}, "field 'members.0.model'"),
+        ({"members": [{"model": "a/x"}, {"model": "b/x"}]}, "members names must be unique"),
+        ({"members": [{"model": "m", "name": "no spaces"}]}, "may only hold letters"),
+        ({"members": [{"model": "m", "decoder": "sampling"}]}, "field 'members.0.decoder'"),
+        ({"detector": {"autoscaling": {"max_replicas": 2}}}, "either num_replicas or autoscaling"),
+        ({"detector": {"num_replicas": None}}, "no autoscaling section"),
+        (
+            {"detector": {"num_replicas": None, "autoscaling": {"min_replicas": 3, "max_replicas": 2}}},
+            "min_replicas (3) > max_replicas (2)",
+        ),
+        ({"detector": {"max_ongoing_requests": 2, "max_batch_size": 4}}, "never hold a full batch"),
+        ({"limits": {"max_pixels": 0}}, "field 'limits.max_pixels'"),
+        ({"auth": {"token": "abc"}}, "looks like a credential"),
+    ],
+)
+def test_invalid_args_name_the_field(args: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        ServeConfig.from_args(args)
+    assert message in str(info.value)
+
+
+def test_overrides_reach_nested_sections_and_list_items(tmp_path: Path) -> None:
+    _, app, config = read_serve_file(
+        SERVE_YAML,
+        {
+            "members.0.decoder": "beam",
+            "members.1.model": "models/aster_en",
+            "limits.max_pixels": 1000,
+            "detector.num_cpus": None,  # an unset flag changes nothing
+        },
+    )
+    assert (
+        config.members[0].decoder == "beam" and config.members[0].predictor_overrides()["decoder"] == "beam"
+    )
+    assert [m.resolved_name for m in config.members] == ["crnn_en", "aster_en"]
+    assert config.limits.max_pixels == 1000 and config.detector.num_cpus == 0.8
+    assert app.args["limits"]["max_pixels"] == 1000
+    # The file itself is untouched by overrides.
+    assert read_serve_file(SERVE_YAML)[2].limits.max_pixels == 40_000_000
+    with pytest.raises(ConfigError, match="not an index"):
+        read_serve_file(SERVE_YAML, {"members.5.model": "x"})
+
+
+def test_a_file_of_args_alone_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "args.yaml"
+    path.write_text("members:\n  - model: models/m1\n  - {model: models/m2, decoder: beam}\n")
+    file, app, config = read_serve_file(path)
+    assert file.http_options.host == "127.0.0.1" and app.import_path == APP_IMPORT_PATH
+    assert [m.resolved_name for m in config.members] == ["m1", "m2"]
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        read_serve_file(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("applications:\n  - import_path: other.module:app\n")
+    with pytest.raises(ConfigError, match="exactly one application"):
+        read_serve_file(bad)
+    bad.write_text("http_options: {port: 99999}\napplications: [{}]\n")
+    with pytest.raises(ConfigError, match=r"http_options\.port"):
+        read_serve_file(bad)
+
+
+def test_build_app_binds_one_recognizer_per_member_without_ray() -> None:
+    from ray.serve import Application
+
+    from ocrjobs.serve.app import build_app
+
+    app = build_app({"members": [{"model": "models/crnn_en"}, {"model": "models/aster_en"}]})
+    assert isinstance(app, Application)
+    with pytest.raises(ConfigError, match=r"members\.0\.model"):
+        build_app({"members": [{}]})
+
+
+def _tiny_models(root: Path) -> tuple[str, str]:
+    from ocrjobs.detection.dbnet import build_detector
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.tokenizer import CTCTokenizer
+
+    detector = DetectionPredictor(
+        build_detector("dbnet_mobilenetv3", neck_channels=16), name="d", version="1"
+    )
+    tokenizer = CTCTokenizer()
+    model = build_recognizer("crnn_small", tokenizer.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    recognizer = RecognitionPredictor(model, tokenizer, name="r", version="2")
+    return detector.save_model_dir(root / "det"), recognizer.save_model_dir(root / "rec")
+
+
+def test_cli_check_loads_every_model_without_starting_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    det, rec = _tiny_models(tmp_path / "models")
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "http_options": {"host": "127.0.0.1", "port": 8123},
+                "applications": [
+                    {"name": "ocr", "route_prefix": "/", "import_path": APP_IMPORT_PATH, "args": {}}
+                ],
+            }
+        )
+    )
+    # Relative model paths resolve against the working directory.
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(
+        [
+            "serve",
+            "--config",
+            str(config),
+            "--check",
+            "--set",
+            "detector.model=models/det",
+            "--set",
+            "members.0.model=models/rec",
+            "--port",
+            "9001",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "Detector: d@1" in out and "Recognizer_rec: r@2 crnn_small (ctc, greedy" in out
+    assert "http://127.0.0.1:9001/" in out
+    assert str(Path(det).resolve()) in out and str(Path(rec).resolve()) in out
+
+
+def test_cli_reports_config_and_model_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--config", str(SERVE_YAML), "--check", "--set", "limits.max_pixel=3"]) == 2
+    assert "field 'limits.max_pixel': unknown field" in capsys.readouterr().err
+    missing = str(tmp_path / "nowhere")
+    code = cli.main(["serve", "--check", "--set", f"detector.model={missing}"])
+    assert code == 1
+    assert "nowhere" in capsys.readouterr().err
+
+
+def test_cli_check_refuses_a_line_model_as_a_formula_member(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    det, rec = _tiny_models(tmp_path / "models")
+    args = ["serve", "--check", "--set", f"detector.model={det}", "--set", f"members.0.model={rec}"]
+    assert cli.main([*args, "--set", f"formulas=[{{model: {rec}}}]"]) != 0
+    assert "a text-line model cannot be a formulas entry" in capsys.readouterr().err
