@@ -29,14 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", required=True, help="checkpoint folder, or a run folder (its best checkpoint)"
     )
     parser.add_argument("--out", required=True, help="model folder to write, e.g. models/crnn_sroie")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="an inference setting that differs from training, e.g. preprocess.width=1024 (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``ocrjobs export``; returns the exit code (1 when no checkpoint is found)."""
+    from ocrjobs.config import parse_overrides
     from ocrjobs.training.export import export_checkpoint
 
     try:
-        result = export_checkpoint(args.checkpoint, args.out)
+        result = export_checkpoint(args.checkpoint, args.out, overrides=parse_overrides(args.set))
     except FileNotFoundError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1

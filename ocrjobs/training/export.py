@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ocrjobs import storage
-from ocrjobs.config import StorageConfig
+from ocrjobs.config import ConfigError, StorageConfig
 from ocrjobs.registry import ModelSpec, write_model_dir
 from ocrjobs.training.checkpoint import (
     COMMAND_FILE,
@@ -135,6 +135,7 @@ def export_checkpoint(
     out: str,
     *,
     config: StorageConfig | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> ExportResult:
     """Write a model folder from a checkpoint.
 
@@ -143,12 +144,16 @@ def export_checkpoint(
         out: the model folder to write (local ``models/<name>`` or ``s3://``); its last path component
             is the model name.
         config: S3 settings for both locations.
+        overrides: inference settings that differ from training, as dotted keys under ``preprocess.``
+            or ``postprocess.`` (e.g. ``{"preprocess.width": 1024}``: a CTC recognizer trained on lines
+            squeezed to 256 px reads long lines unsqueezed). They are listed in ``CARD.md``.
 
     Returns:
         What was written.
 
     Raises:
         FileNotFoundError: no checkpoint at ``checkpoint_uri``.
+        ConfigError: an override outside ``preprocess``/``postprocess``.
     """
     from ocrjobs.training.tasks import TASKS
 
@@ -157,6 +162,19 @@ def export_checkpoint(
     name = storage.basename(out.rstrip("/"))
     metrics = {k: float(v) for k, v in info.metrics.items() if k.startswith("val_")}
     spec = task.model_spec(model, name, f"{cfg.name}-epoch{info.epoch}", metrics)
+    changed: list[str] = []
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in ("preprocess", "postprocess") or not key or "." in key:
+            raise ConfigError(
+                f"export override {dotted!r}: only preprocess.<key> and postprocess.<key> are allowed"
+            )
+        settings = dict(getattr(spec, section))
+        changed.append(f"`{dotted}`: {settings.get(key, 'unset')} at training -> {value}")
+        settings[key] = value
+        spec = spec.model_copy(update={section: settings})
     card = model_card(spec, cfg, info, _run_command(info.uri, config))
+    if changed:
+        card += "\n## Inference settings changed at export\n\n" + "".join(f"- {c}\n" for c in changed)
     write_model_dir(out, spec, model.state_dict(), card)
     return ExportResult(out=out, checkpoint=info, spec=spec)

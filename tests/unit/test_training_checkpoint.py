@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ocrjobs import storage
+from ocrjobs.config import ConfigError
 from ocrjobs.training.checkpoint import (
     CONFIG_FILE,
     best_checkpoint,
@@ -137,6 +138,17 @@ def test_export_writes_a_model_folder_the_predictor_loads(tmp_path: Path) -> Non
     card = (tmp_path / "models" / "crnn_unit" / "CARD.md").read_text()
     assert "ocrjobs train --config configs/x.yaml" in card
     assert "epochs: 4 of 10" in card and "synthetic `lines` x 8" in card and "| val_cer | 0.2500 |" in card
+
+    # Inference settings may differ from training's; the card says so, and nothing else may change.
+    wide = export_checkpoint(
+        str(folder), str(tmp_path / "models" / "wide"), overrides={"preprocess.width": 512}
+    )
+    assert wide.spec.preprocess["width"] == 512 and RecognitionPredictor.from_model_dir(wide.out).width == 512
+    assert (
+        "`preprocess.width`: 64 at training -> 512" in (tmp_path / "models" / "wide" / "CARD.md").read_text()
+    )
+    with pytest.raises(ConfigError, match="only preprocess"):
+        export_checkpoint(str(folder), str(tmp_path / "models" / "bad"), overrides={"arch": "aster"})
 
 
 def test_exported_detector_matches_checkpoint_model(tmp_path: Path) -> None:
