@@ -118,10 +118,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Set dotted keys (``"scaling.num_workers"``) in a nested dict; ``None`` values are skipped."""
+    """Set dotted keys (``"scaling.num_workers"``) in a nested dict.
+
+    ``None`` is a value like any other (``--set export_to=null`` clears a field); callers leave out the
+    CLI flags that were not given.
+    """
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         node = data
         parts = dotted.split(".")
         for part in parts[:-1]:

@@ -77,6 +77,14 @@ def test_overrides_win_over_file(tmp_path: Path) -> None:
     assert (cfg.name, cfg.lr, cfg.scaling.use_gpu, cfg.scaling.num_workers) == ("b", 0.25, True, 8)
 
 
+def test_null_override_clears_a_field() -> None:
+    # `--set export_to=null` must clear the field, not be ignored (a run once overwrote models/ so).
+    data = apply_overrides(
+        {"export_to": "models/x", "scaling": {"n": 2}}, parse_overrides(["export_to=null"])
+    )
+    assert data == {"export_to": None, "scaling": {"n": 2}}
+
+
 def test_override_of_unknown_field_fails(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"scaling\.gpus"):
         load_config(_write(tmp_path, "name: a\n"), _Job, parse_overrides(["scaling.gpus=2"]))
