@@ -136,7 +136,13 @@ def main() -> None:
     import ray
     import torch
 
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    # address="local": never join a stale `ray start` cluster recorded in /tmp/ray.
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS") or "local",
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     lines = [
         f"Training throughput on {os.cpu_count()} CPUs, torch {torch.__version__}, ray {ray.__version__}; "
         f"{args.items} receipts per epoch, last of {args.epochs} epochs measured.",
