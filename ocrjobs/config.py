@@ -31,6 +31,7 @@ __all__ = [
     "dump_config",
     "load_config",
     "parse_overrides",
+    "read_yaml_mapping",
 ]
 
 # Field names that would hold credentials. Configs are shared, committed and written next to outputs,
@@ -162,6 +163,24 @@ def _format_validation_error(err: ValidationError, where: str) -> str:
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A local YAML file whose top level is a mapping (an empty file is ``{}``).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or not a mapping (the message names the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None, model: type[T], overrides: Mapping[str, Any] | None = None) -> T:
     """Load a YAML file (or only defaults when ``path`` is None) into ``model``, overrides applied.
 
@@ -178,20 +197,7 @@ def load_config(path: str | Path | None, model: type[T], overrides: Mapping[str,
             looks like a credential. The message names the file and the field.
     """
     where = str(path) if path is not None else "<defaults>"
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{where}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data = read_yaml_mapping(path) if path is not None else {}
     if overrides:
         where = f"{where} (with overrides {sorted(k for k, v in overrides.items() if v is not None)})"
         data = apply_overrides(data, overrides)

@@ -23,11 +23,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import ConfigDict, Field, ValidationError, model_validator
 
 from ocrjobs import storage
-from ocrjobs.config import ConfigError, StrictModel
+from ocrjobs.config import ConfigError, StrictModel, read_yaml_mapping
 from ocrjobs.config import _format_validation_error as format_validation_error
 from ocrjobs.config import _reject_credentials as reject_credentials
 
@@ -435,18 +434,7 @@ def read_serve_file(
         ConfigError: the file is missing or not YAML, or a field is invalid (the message names it).
     """
     where = str(path) if path is not None else "<defaults>"
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where}: not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{where}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded or {}
+    data = read_yaml_mapping(path) if path is not None else {}
     if data and "applications" not in data:
         data = {"applications": [{"args": data}]}
     reject_credentials(data, where)

@@ -43,6 +43,7 @@ from ocrjobs.recognition.predictor import RecognitionPredictor
 from ocrjobs.recognition.tokenizer import vocabulary_from_dict
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
+from ocrjobs.training.recognition import line_images, line_predictor
 from ocrjobs.training.task import Batch, Item, PrepareFn
 
 __all__ = ["FormulaLossConfig", "LatexTask"]
@@ -203,15 +204,7 @@ class LatexTask:
     def collate(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
         """Normalised ``image`` ``[b, 3, h, w]`` (padding repeats each row's last valid column, as the
         predictor pads), ``targets`` and ``lengths`` from the LaTeX tokenizer."""
-        images = torch.from_numpy(batch["image"]).to(device, non_blocking=True)
-        images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        images = (images - mean) / std
-        columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
-        valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
-        last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
-        images = torch.where(columns >= valid, last, images)
+        images = line_images(batch, self.mean, self.std, device)
         targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
         return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
 
@@ -284,21 +277,10 @@ class LatexTask:
 
     def build_predictor(self, model: nn.Module) -> RecognitionPredictor:
         """The inference predictor with this run's preprocessing, vocabulary and configured decoder."""
-        recognizer: Recognizer = model  # type: ignore[assignment]
-        settings: dict[str, Any] = {"decoder": "greedy", "beam_width": 5, **self.cfg.model.postprocess}
-        return RecognitionPredictor(
-            recognizer,
-            LatexTokenizer(self.vocabulary),
-            height=self.height,
-            width=self.width,
-            mean=self.mean,
-            std=self.std,
-            decoder=settings["decoder"],
-            beam_width=int(settings["beam_width"]),
-            max_len=self.max_len,
-        )
+        return line_predictor(self, model, LatexTokenizer(self.vocabulary))
 
     def model_spec(self, model: nn.Module, name: str, version: str, metrics: dict[str, float]) -> ModelSpec:
-        """The predictor's model spec as a ``latex`` model folder, named and versioned, with metrics."""
+        """The predictor's model spec (task ``latex``: its tokenizer is a LaTeX one), named and versioned,
+        with metrics."""
         spec = self.build_predictor(model).model_spec(metrics)
-        return spec.model_copy(update={"name": name, "version": version, "task": LATEX})
+        return spec.model_copy(update={"name": name, "version": version})

@@ -26,16 +26,54 @@ from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decod
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
 from ocrjobs.recognition.predictor import RecognitionPredictor
-from ocrjobs.recognition.tokenizer import Charset, make_tokenizer
+from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.rows import RecognitionRows
 from ocrjobs.training.task import Batch, Item, PrepareFn
 
-__all__ = ["RecognitionTask"]
+__all__ = ["RecognitionTask", "line_images", "line_predictor"]
 
 # A CRNN frame covers 4 px of input width, so a row of width W has W / 4 frames for CTC.
 _PIXELS_PER_FRAME = 4
+
+
+def line_images(
+    batch: Batch, mean: Sequence[float], std: Sequence[float], device: torch.device
+) -> torch.Tensor:
+    """Normalised ``[b, 3, h, w]`` images of a batch of line rows (recognition and formula tasks).
+
+    Columns right of each row's ``valid_w`` repeat its last valid column, exactly as
+    :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
+    padding would see a different right margin in production.
+    """
+    images = torch.from_numpy(batch["image"]).to(device, non_blocking=True)
+    images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
+    images = (images - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(
+        std, device=device
+    ).view(1, 3, 1, 1)
+    columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
+    valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
+    last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
+    return torch.where(columns >= valid, last, images)
+
+
+def line_predictor(task: Any, model: nn.Module, tokenizer: Tokenizer) -> RecognitionPredictor:
+    """The inference predictor of a recognition or formula task: its preprocessing (``height``,
+    ``width``, ``mean``, ``std``, ``max_len`` attributes), ``tokenizer`` and the configured decoder."""
+    recognizer: Recognizer = model  # type: ignore[assignment]
+    settings: dict[str, Any] = {"decoder": "greedy", "beam_width": 5, **task.cfg.model.postprocess}
+    return RecognitionPredictor(
+        recognizer,
+        tokenizer,
+        height=task.height,
+        width=task.width,
+        mean=task.mean,
+        std=task.std,
+        decoder=settings["decoder"],
+        beam_width=int(settings["beam_width"]),
+        max_len=task.max_len,
+    )
 
 
 class RecognitionTask:
@@ -122,15 +160,7 @@ class RecognitionTask:
         :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
         padding would see a different right margin in production.
         """
-        images = torch.from_numpy(batch["image"]).to(device, non_blocking=True)
-        images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
-        images = (images - mean) / std
-        columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
-        valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
-        last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
-        images = torch.where(columns >= valid, last, images)
+        images = line_images(batch, self.mean, self.std, device)
         targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
         return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
 
@@ -174,19 +204,7 @@ class RecognitionTask:
 
     def build_predictor(self, model: nn.Module) -> RecognitionPredictor:
         """The inference predictor with this run's preprocessing and the configured decoder."""
-        recognizer: Recognizer = model  # type: ignore[assignment]
-        settings: dict[str, Any] = {"decoder": "greedy", "beam_width": 5, **self.cfg.model.postprocess}
-        return RecognitionPredictor(
-            recognizer,
-            make_tokenizer(self.decoding, self.charset),
-            height=self.height,
-            width=self.width,
-            mean=self.mean,
-            std=self.std,
-            decoder=settings["decoder"],
-            beam_width=int(settings["beam_width"]),
-            max_len=self.max_len,
-        )
+        return line_predictor(self, model, make_tokenizer(self.decoding, self.charset))
 
     def model_spec(self, model: nn.Module, name: str, version: str, metrics: dict[str, float]) -> ModelSpec:
         """The predictor's own model spec, named and versioned, with the validation metrics."""
