@@ -49,12 +49,20 @@ from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwa
 from ocrjobs.recognition.tokenizer import Tokenizer, make_tokenizer, vocabulary_from_dict
 from ocrjobs.registry import ModelSpec, read_model_dir, write_model_dir
 
-__all__ = ["MIN_ASPECT", "RecognitionPredictor", "RecognizedText", "orient_crop", "resize_crop", "to_batch"]
+__all__ = [
+    "MIN_ASPECT",
+    "WIDTH_STEP",
+    "RecognitionPredictor",
+    "RecognizedText",
+    "orient_crop",
+    "resize_crop",
+    "to_batch",
+]
 
 MIN_ASPECT = 0.75
 # CTC batches are padded to a multiple of this width: few distinct shapes, and always a multiple of
 # the 4 px a CTC frame covers.
-_WIDTH_STEP = 16
+WIDTH_STEP = 16
 _PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
 _POSTPROCESS_KEYS = frozenset({"decoder", "beam_width", "max_len"})
 
@@ -301,7 +309,7 @@ class RecognitionPredictor:
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
             images = [resized[i] for i in indices]
-            width = self.width if fixed else _WIDTH_STEP * math.ceil(images[-1].shape[1] / _WIDTH_STEP)
+            width = self.width if fixed else WIDTH_STEP * math.ceil(images[-1].shape[1] / WIDTH_STEP)
             yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
 
     def _decode(self, batch: torch.Tensor) -> list[Hypothesis]:

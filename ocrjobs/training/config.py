@@ -140,6 +140,9 @@ class DataConfig(StrictModel):
             allow). Caps memory, and leaves CPUs to other runs sharing the cluster.
         cache_val: prepare the val split once, before training, and keep its rows in the object store
             (validation then costs no data preparation per epoch; turn off when val rows do not fit).
+        group_by_width: recognition only: pool this many shuffled batches, sort their rows by width and
+            train on the resulting batches in random order. CTC batches are trimmed to their widest row,
+            so a wide ``preprocess.width`` costs what the lines need rather than the widest line (1: off).
     """
 
     train: SplitConfig
@@ -152,6 +155,7 @@ class DataConfig(StrictModel):
     prep_num_cpus: float = Field(default=1.0, gt=0)
     prep_tasks: int | None = Field(default=None, gt=0)
     cache_val: bool = True
+    group_by_width: int = Field(default=1, ge=1)
 
 
 class ScalingSettings(StrictModel):
@@ -290,6 +294,8 @@ class TrainConfig(StrictModel):
             raise ValueError("task 'latex' needs model.charset: {name: latex, tokens|vocab|build_from: ...}")
         if self.loss and self.task != "latex":
             raise ValueError(f"loss settings are not used by task {self.task!r}; remove the loss section")
+        if self.data.group_by_width > 1 and self.task != "recognition":
+            raise ValueError(f"data.group_by_width is for task 'recognition', not {self.task!r}")
         if not self.data.train.sources and not self.data.train.synthetic:
             raise ValueError("data.train needs at least one source or synthetic generator")
         return self

@@ -13,6 +13,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from ocrjobs.training.progress import MetricsLog, format_epoch_line
 from ocrjobs.training.task import Batch, TrainTask
 from ocrjobs.training.tasks import TASKS
 
-__all__ = ["CRASH_MARKER", "Precision", "seed_everything", "train_func"]
+__all__ = ["CRASH_MARKER", "Precision", "group_by_width", "seed_everything", "train_func"]
 
 CRASH_MARKER = "debug_crash_marker"
 
@@ -75,6 +76,25 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def group_by_width(pools: Iterable[Batch], batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
+    """Split each pool of rows into ``batch_size`` batches of similar ``valid_w``, in random order.
+
+    Args:
+        pools: numpy batches of a multiple of ``batch_size`` rows, each with a ``valid_w`` column.
+        batch_size: rows per yielded batch.
+        rng: orders the batches of each pool.
+
+    Yields:
+        Batches of ``batch_size`` rows; a pool's leftover rows (fewer than ``batch_size``) are dropped.
+    """
+    for pool in pools:
+        # Stable sort: rows of equal width keep the shuffled order they arrived in.
+        order = np.argsort(pool["valid_w"], kind="stable")
+        chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+        for j in rng.permutation(len(chunks)):
+            yield {key: np.asarray(column)[chunks[j]] for key, column in pool.items()}
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -210,7 +230,9 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     elif cfg.model.init_from:
         raw_model.load_state_dict(read_model_dir(cfg.model.init_from)[1])
     model = ray.train.torch.prepare_model(raw_model)  # Ray: move to device, wrap in DDP when world > 1
-    worker = _WorkerState(task, cfg, model, int(config["train_rows"]) // world // cfg.batch_size, device)
+    group = cfg.data.group_by_width
+    steps_per_epoch = int(config["train_rows"]) // world // (cfg.batch_size * group) * group
+    worker = _WorkerState(task, cfg, model, steps_per_epoch, device)
     start_epoch, step, elapsed_before = 1, 0, 0.0
     if state is not None:
         worker.load(state)
@@ -238,14 +260,18 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
         epoch_start = time.monotonic()
         sums: dict[str, float] = {}
         batches = 0
-        for batch in train_shard.iter_batches(
-            batch_size=cfg.batch_size,
+        shuffle_seed = (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
+        train_batches: Iterable[Batch] = train_shard.iter_batches(
+            batch_size=cfg.batch_size * group,
             batch_format="numpy",
             drop_last=True,  # equal batch counts on every rank keep DDP's collectives in step
             local_shuffle_buffer_size=cfg.data.shuffle_buffer or None,
-            local_shuffle_seed=(cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31,
+            local_shuffle_seed=shuffle_seed,
             prefetch_batches=2,
-        ):
+        )
+        if group > 1:
+            train_batches = group_by_width(train_batches, cfg.batch_size, np.random.default_rng(shuffle_seed))
+        for batch in train_batches:
             for key, value in worker.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             step += 1

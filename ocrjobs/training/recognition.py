@@ -25,7 +25,7 @@ from ocrjobs.metrics.text import text_metrics
 from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decode
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
-from ocrjobs.recognition.predictor import RecognitionPredictor
+from ocrjobs.recognition.predictor import WIDTH_STEP, RecognitionPredictor
 from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
@@ -39,15 +39,20 @@ _PIXELS_PER_FRAME = 4
 
 
 def line_images(
-    batch: Batch, mean: Sequence[float], std: Sequence[float], device: torch.device
+    batch: Batch, mean: Sequence[float], std: Sequence[float], device: torch.device, trim: bool = False
 ) -> torch.Tensor:
     """Normalised ``[b, 3, h, w]`` images of a batch of line rows (recognition and formula tasks).
 
     Columns right of each row's ``valid_w`` repeat its last valid column, exactly as
     :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
-    padding would see a different right margin in production.
+    padding would see a different right margin in production. With ``trim`` (CTC models) the batch is
+    cut to its widest row rounded up to 16 px, the width the predictor batches such crops at.
     """
-    images = torch.from_numpy(batch["image"]).to(device, non_blocking=True)
+    images = torch.from_numpy(batch["image"])
+    if trim:
+        width = min(images.shape[2], WIDTH_STEP * -(-int(batch["valid_w"].max()) // WIDTH_STEP))
+        images = images[:, :, :width]
+    images = images.to(device, non_blocking=True)
     images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
     images = (images - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(
         std, device=device
@@ -160,7 +165,7 @@ class RecognitionTask:
         :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
         padding would see a different right margin in production.
         """
-        images = line_images(batch, self.mean, self.std, device)
+        images = line_images(batch, self.mean, self.std, device, trim=self.decoding == "ctc")
         targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
         return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
 

@@ -1,7 +1,7 @@
 """Distributed training on the session's local Ray (2 CPUs) with runs and data on the moto S3 server.
 
 One CRNN run (the real recognition task, tiny model) on a tiny SROIE slice (receipts scaled down, written
-to S3) trains 2 epochs with 2 DDP workers over gloo, and rank 1 kills itself with ``os._exit(1)`` at
+to S3) trains 2 epochs with 2 DDP workers over gloo, batches grouped by line width, and rank 1 kills itself with ``os._exit(1)`` at
 the first step of epoch 2 on the first attempt. The tests check, on that one run (each Ray Train start
 costs tens of seconds on 2 cores): the validation loss drops and checkpoints and ``metrics.csv`` land on
 S3; the worker group restarted from epoch 1's checkpoint and every epoch is recorded once; re-running
@@ -51,6 +51,7 @@ data:
     sources: [{{uri: {data}/dev, format: sroie}}]
     limit: 2
   prep_num_cpus: 0.5
+  group_by_width: 2
 scaling: {{num_workers: 2, cpus_per_worker: 0.5}}
 optim: {{lr: 0.003, warmup_steps: 2}}
 batch_size: 16
@@ -103,7 +104,8 @@ def run(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     config_path.write_text(_RECOGNITION_YAML.format(data=f"s3://{bucket}/data"))
     base = load_config(config_path, TrainConfig, {"storage_path": f"s3://{bucket}/runs"})
     rows = plan_data(TASKS["recognition"](base), base).splits["train"].rows
-    steps_per_epoch = rows // base.scaling.num_workers // base.batch_size
+    group = base.data.group_by_width  # pools of 2 batches sorted by line width
+    steps_per_epoch = rows // base.scaling.num_workers // (base.batch_size * group) * group
     cfg = base.model_copy(
         update={"debug": base.debug.model_copy(update={"crash_at_step": steps_per_epoch + 1})}
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -13,8 +15,10 @@ from ocrjobs.data.formats import write_sroie
 from ocrjobs.data.records import Record
 from ocrjobs.data.synth import DocumentGenerator
 from ocrjobs.images import encode_jpeg
+from ocrjobs.recognition.predictor import WIDTH_STEP
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.data import plan_data, plan_split, prepare_locally
+from ocrjobs.training.loop import group_by_width
 from ocrjobs.training.tasks import TASKS
 from ocrjobs.training.trainer import dry_run
 
@@ -156,13 +160,48 @@ def test_recognition_collate_pads_like_the_predictor(sroie_dir: str) -> None:
     task = TASKS["recognition"](cfg)
     plan = plan_data(task, cfg)
     rows = prepare_locally(task, plan.splits["val"], ())
-    narrow = [i for i in range(len(rows["text"])) if rows["valid_w"][i] < 384][:3]
-    assert narrow, "every line fills the width: the padding would go untested"
+    narrow = sorted(range(len(rows["text"])), key=lambda i: int(rows["valid_w"][i]))[:3]
+    assert rows["valid_w"][narrow[0]] < rows["valid_w"][narrow[-1]] < 368, "the padding would go untested"
     batch = task.collate({k: v[narrow] for k, v in rows.items()}, torch.device("cpu"))
     crops = [rows["image"][i, :, : rows["valid_w"][i]] for i in narrow]
-    expected = to_batch([resize_crop(c, 32, 384) for c in crops], 384)
+    # CTC batches are trimmed to the widest row rounded up to 16 px, as the predictor batches them.
+    width = WIDTH_STEP * math.ceil(max(c.shape[1] for c in crops) / WIDTH_STEP)
+    assert width < 384
+    expected = to_batch([resize_crop(c, 32, 384) for c in crops], width)
     assert torch.allclose(batch["image"], expected, atol=1e-6)
     assert batch["lengths"].tolist() == [len(str(rows["text"][i])) for i in narrow]
+
+
+def test_group_by_width_batches_similar_widths_and_keeps_every_row() -> None:
+    rng = np.random.default_rng(0)
+    widths = rng.integers(8, 768, size=64).astype(np.int32)
+    pool = {"valid_w": widths, "text": np.array([f"row{i}" for i in range(64)], dtype=object)}
+    batches = list(group_by_width([pool, pool], 16, np.random.default_rng(1)))
+    assert len(batches) == 8 and all(len(b["text"]) == 16 for b in batches)
+    first_pool = batches[:4]
+    assert sorted(t for b in first_pool for t in b["text"]) == sorted(pool["text"])
+    for b in first_pool:  # rows stay with their own width
+        assert all(pool["valid_w"][int(t[3:])] == w for t, w in zip(b["text"], b["valid_w"], strict=True))
+    # Sorted chunks: width ranges of the batches do not overlap, and the order is shuffled.
+    spans = sorted((int(b["valid_w"].min()), int(b["valid_w"].max())) for b in first_pool)
+    assert all(hi <= lo for (_, hi), (lo, _) in itertools.pairwise(spans))
+    orders = [[int(b["valid_w"].min()) for b in batches[i : i + 4]] for i in (0, 4)]
+    assert orders[0] != sorted(orders[0]) or orders[1] != sorted(orders[1])
+    # A leftover smaller than a batch is dropped.
+    short = {k: v[:40] for k, v in pool.items()}
+    assert [len(b["text"]) for b in group_by_width([short], 16, np.random.default_rng(2))] == [16, 16]
+
+
+def test_group_by_width_is_for_recognition_only(sroie_dir: str) -> None:
+    assert _config("recognition", sroie_dir).data.group_by_width == 1
+    cfg = _config("recognition", sroie_dir)
+    raw = cfg.model_dump()
+    raw["data"]["group_by_width"] = 8
+    assert TrainConfig.model_validate(raw).data.group_by_width == 8
+    raw = _config("detection", sroie_dir).model_dump()
+    raw["data"]["group_by_width"] = 8
+    with pytest.raises(ValueError, match="group_by_width"):
+        TrainConfig.model_validate(raw)
 
 
 def test_dry_run_summarises_without_ray(sroie_dir: str) -> None:
