@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("ocrjobs.jobs.evaluate", "score a model or saved predictions on a labelled dataset"),
     "serve": ("ocrjobs.serve.cli", "serve the online OCR ensemble over HTTP (Ray Serve)"),
     "export": ("ocrjobs.jobs.export", "export a training checkpoint to a model folder in models/"),
+    "lm": ("ocrjobs.jobs.lm", "add a character language model to a CTC recognizer's beam search"),
     "synth": ("ocrjobs.data.synth_cli", "render synthetic documents, text lines or formulas"),
     "visualize": ("ocrjobs.jobs.visualize", "draw detected polygons and text onto an image"),
 }

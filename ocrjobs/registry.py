@@ -126,7 +126,8 @@ def local_copy(path: str | Path) -> Path:
     if not storage.is_s3(path):
         return Path(path)
     tmp = Path(tempfile.mkdtemp(prefix="ocrjobs-model-"))
-    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE):
+    # lm.json: a recognizer's language model (ocrjobs.recognition.lm), when it has one.
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, "lm.json"):
         uri = storage.join(path, name)
         if storage.exists(uri):
             (tmp / name).write_bytes(storage.read_bytes(uri))

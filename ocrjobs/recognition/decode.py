@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ocrjobs.recognition.aster import AttentionRecognizer
+from ocrjobs.recognition.lm import CharNgramLM
 from ocrjobs.recognition.tokenizer import Tokenizer
 
 __all__ = [
@@ -173,16 +174,23 @@ def _logaddexp(a: float, b: float) -> float:
     return max(a, b) + math.log1p(math.exp(-abs(a - b)))
 
 
-def _prefix_beam_search(log_probs: np.ndarray, beam_width: int) -> tuple[int, ...]:
+def _prefix_beam_search(
+    log_probs: np.ndarray, beam_width: int, fusion: _Fusion | None = None
+) -> tuple[int, ...]:
     """The most probable label sequence of one sample's ``[T, C]`` log-probabilities.
 
     Each prefix keeps two log-probabilities: of its alignments ending in a blank and ending in its
     last label (needed because a repeated label only extends a prefix after a blank). Only the
-    ``beam_width`` most probable labels of a frame are tried as extensions.
+    ``beam_width`` most probable labels of a frame are tried as extensions. With ``fusion`` prefixes
+    are ranked by that sum plus the weighted language-model log-probability of their text and a bonus
+    per character; the final choice adds the language model's end-of-line probability.
     """
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
     n_ext = min(beam_width, log_probs.shape[1] - 1)
     top_labels = np.argsort(-log_probs[:, 1:], axis=1)[:, :n_ext] + 1  # [T, n_ext]
+    rank: Callable[[tuple[int, ...], float], float] = (
+        (lambda prefix, acoustic: acoustic) if fusion is None else fusion.rank
+    )
     for frame_array, labels in zip(log_probs, top_labels.tolist(), strict=True):
         frame = frame_array.tolist()
         nxt: defaultdict[tuple[int, ...], list[float]] = defaultdict(lambda: [-math.inf, -math.inf])
@@ -198,9 +206,36 @@ def _prefix_beam_search(log_probs: np.ndarray, beam_width: int) -> tuple[int, ..
                 # After the same label, only alignments that passed through a blank start a new one.
                 source = p_blank if prefix and prefix[-1] == label else total
                 extended[1] = _logaddexp(extended[1], source + frame[label])
-        ranked = sorted(nxt.items(), key=lambda kv: _logaddexp(*kv[1]), reverse=True)[:beam_width]
-        beams = {prefix: (pb, pl) for prefix, (pb, pl) in ranked}
-    return max(beams, key=lambda prefix: _logaddexp(*beams[prefix]))
+        ranked = sorted(nxt.items(), key=lambda kv: rank(kv[0], _logaddexp(*kv[1])), reverse=True)
+        beams = {prefix: (pb, pl) for prefix, (pb, pl) in ranked[:beam_width]}
+    if fusion is None:
+        return max(beams, key=lambda prefix: _logaddexp(*beams[prefix]))
+    return max(beams, key=lambda prefix: fusion.final(prefix, _logaddexp(*beams[prefix])))
+
+
+class _Fusion:
+    """Shallow fusion of a character language model into one sample's prefix beam search."""
+
+    def __init__(self, lm: CharNgramLM, chars: Sequence[str], weight: float, length_bonus: float) -> None:
+        self.lm, self.chars, self.weight, self.length_bonus = lm, chars, weight, length_bonus
+        # Prefix -> (text, LM log-probability): each extension is scored once per sample.
+        self._known: dict[tuple[int, ...], tuple[str, float]] = {(): ("", 0.0)}
+
+    def _text_score(self, prefix: tuple[int, ...]) -> tuple[str, float]:
+        known = self._known.get(prefix)
+        if known is None:
+            text, score = self._text_score(prefix[:-1])
+            char = self.chars[prefix[-1]]
+            known = (text + char, score + self.lm.log_prob(text, char))
+            self._known[prefix] = known
+        return known
+
+    def rank(self, prefix: tuple[int, ...], acoustic: float) -> float:
+        return acoustic + self.weight * self._text_score(prefix)[1] + self.length_bonus * len(prefix)
+
+    def final(self, prefix: tuple[int, ...], acoustic: float) -> float:
+        text, _ = self._text_score(prefix)
+        return self.rank(prefix, acoustic) + self.weight * self.lm.end_log_prob(text)
 
 
 def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
@@ -237,29 +272,49 @@ def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
     return scores.tolist()
 
 
-def ctc_beam_search(logits: torch.Tensor, tokenizer: Tokenizer, beam_width: int = 5) -> list[Hypothesis]:
-    """CTC prefix beam search, one sample at a time.
+def ctc_beam_search(
+    logits: torch.Tensor,
+    tokenizer: Tokenizer,
+    beam_width: int = 5,
+    lm: CharNgramLM | None = None,
+    lm_weight: float = 0.5,
+    length_bonus: float = 0.0,
+) -> list[Hypothesis]:
+    """CTC prefix beam search, one sample at a time, optionally fused with a character language model.
 
     Unlike greedy decoding it sums the probabilities of all alignments of a prefix, so it can prefer a
     text that no single best frame sequence spells. On peaked outputs, and with ``beam_width=1``
-    whenever the best alignment dominates, it returns the greedy text.
+    whenever the best alignment dominates, it returns the greedy text. With ``lm`` a prefix ranks by
+    ``log p_ctc + lm_weight * log p_lm + length_bonus * length`` (shallow fusion; the bonus offsets the
+    language model's cost per character). Scores stay the recogniser's own likelihood of the text.
 
     Args:
         logits: ``[b, T, num_classes]`` CTC logits.
         tokenizer: maps label ids to text.
         beam_width: prefixes kept per frame (and labels tried per frame).
+        lm: a character language model over the tokenizer's charset, or None.
+        lm_weight: weight of the language model's log-probability.
+        length_bonus: added per character of a prefix.
 
     Returns:
         One :class:`Hypothesis` per sample.
 
     Raises:
-        ValueError: ``beam_width < 1``.
+        ValueError: ``beam_width < 1`` or a negative ``lm_weight``.
     """
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
+    if lm_weight < 0:
+        raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
     log_probs = logits.float().log_softmax(dim=-1)
     lp = log_probs.detach().cpu().numpy()
-    best = [_prefix_beam_search(sample, beam_width) for sample in lp]
+    chars = [""] + [tokenizer.decode([i]) for i in range(1, lp.shape[-1])] if lm is not None else []
+    best = [
+        _prefix_beam_search(
+            sample, beam_width, None if lm is None else _Fusion(lm, chars, lm_weight, length_bonus)
+        )
+        for sample in lp
+    ]
     lengths = torch.tensor([len(ids) for ids in best], dtype=torch.long)
     targets = torch.zeros(len(best), max([1, *lengths.tolist()]), dtype=torch.long)
     for i, ids in enumerate(best):

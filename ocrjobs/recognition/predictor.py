@@ -35,6 +35,7 @@ import cv2
 import numpy as np
 import torch
 
+from ocrjobs import storage
 from ocrjobs.config import ConfigError
 from ocrjobs.recognition.decode import (
     Hypothesis,
@@ -45,6 +46,7 @@ from ocrjobs.recognition.decode import (
     ctc_greedy_decode,
     ctc_log_likelihood,
 )
+from ocrjobs.recognition.lm import LM_FILE, CharNgramLM
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwargs, build_recognizer
 from ocrjobs.recognition.tokenizer import Tokenizer, make_tokenizer, vocabulary_from_dict
 from ocrjobs.registry import ModelSpec, read_model_dir, write_model_dir
@@ -64,7 +66,7 @@ MIN_ASPECT = 0.75
 # the 4 px a CTC frame covers.
 WIDTH_STEP = 16
 _PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
-_POSTPROCESS_KEYS = frozenset({"decoder", "beam_width", "max_len"})
+_POSTPROCESS_KEYS = frozenset({"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus"})
 
 
 @dataclass
@@ -181,9 +183,14 @@ class RecognitionPredictor:
         std: normalisation standard deviation.
         name: model name (for model folders and outputs); defaults to the arch.
         version: model version written beside results.
+        lm: CTC models: a character language model fused into ``decoder="beam"`` (greedy decoding
+            ignores it); a model folder keeps it as ``lm.json``.
+        lm_weight: weight of the language model's log-probabilities in the beam search.
+        length_bonus: beam-search bonus per character (offsets the language model's cost per character).
 
     Raises:
-        ValueError: tokenizer and model disagree, or a setting is out of range.
+        ValueError: tokenizer and model disagree, a setting is out of range, or ``lm`` is given to an
+            attention model.
     """
 
     def __init__(
@@ -203,6 +210,9 @@ class RecognitionPredictor:
         std: Sequence[float] = (0.5, 0.5, 0.5),
         name: str | None = None,
         version: str = "0",
+        lm: CharNgramLM | None = None,
+        lm_weight: float = 0.5,
+        length_bonus: float = 0.0,
     ) -> None:
         if tokenizer.decoding != model.decoding or tokenizer.num_classes != model.num_classes:
             raise ValueError(
@@ -229,6 +239,15 @@ class RecognitionPredictor:
         self.std = tuple(float(s) for s in std)
         self.name = name or model.config.arch
         self.version = version
+        if lm is not None and model.decoding != "ctc":
+            raise ValueError(
+                "a language model is fused into CTC beam search only; this model is attention-based"
+            )
+        if lm_weight < 0:
+            raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
+        self.lm = lm
+        self.lm_weight = float(lm_weight)
+        self.length_bonus = float(length_bonus)
 
     # ------------------------------------------------------------ inference
 
@@ -287,6 +306,26 @@ class RecognitionPredictor:
                 scores[indices[k]][j] = value
         return scores
 
+    def ctc_logits(self, crops: Sequence[np.ndarray]) -> list[tuple[list[int], torch.Tensor]]:
+        """The CTC model's raw outputs, for decoding the same crops several ways (``ocrjobs lm`` tuning).
+
+        Args:
+            crops: ``[h, w, 3]`` uint8 RGB crops; empty ones are left out.
+
+        Returns:
+            ``(crop indices, [b, T, num_classes] float32 CPU logits)`` per batch of the predictor.
+
+        Raises:
+            ValueError: the model is not a CTC model, or a crop is not an RGB uint8 array.
+        """
+        if self.model.decoding != "ctc":
+            raise ValueError("ctc_logits needs a CTC model")
+        out = []
+        for indices, batch in self._batches(crops):
+            with self._inference():
+                out.append((indices, self.model(batch).float().cpu()))
+        return out
+
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         dtype = torch.bfloat16
@@ -322,7 +361,9 @@ class RecognitionPredictor:
                 return attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
             logits = self.model(batch)
             if self.decoder == "beam":
-                return ctc_beam_search(logits, self.tokenizer, self.beam_width)
+                return ctc_beam_search(
+                    logits, self.tokenizer, self.beam_width, self.lm, self.lm_weight, self.length_bonus
+                )
             return ctc_greedy_decode(logits, self.tokenizer)
 
     # ------------------------------------------------------------ model folders
@@ -369,6 +410,10 @@ class RecognitionPredictor:
             "name": spec.name,
             "version": spec.version,
         }
+        if settings.get("lm"):
+            settings["lm"] = CharNgramLM.from_json(
+                storage.read_bytes(storage.join(str(path), settings["lm"]))
+            )
         settings.update(overrides)
         return cls(model, make_tokenizer(model.decoding, charset), device=device, **settings)
 
@@ -392,7 +437,16 @@ class RecognitionPredictor:
                 "mean": list(self.mean),
                 "std": list(self.std),
             },
-            postprocess={"decoder": self.decoder, "beam_width": self.beam_width, "max_len": self.max_len},
+            postprocess={
+                "decoder": self.decoder,
+                "beam_width": self.beam_width,
+                "max_len": self.max_len,
+                **(
+                    {"lm": LM_FILE, "lm_weight": self.lm_weight, "length_bonus": self.length_bonus}
+                    if self.lm is not None
+                    else {}
+                ),
+            },
             charset=self.tokenizer.to_dict(),
             version=self.version,
             metrics=metrics or {},
@@ -411,4 +465,7 @@ class RecognitionPredictor:
         Returns:
             The folder URI.
         """
-        return write_model_dir(path, self.model_spec(metrics), self.model.state_dict(), card)
+        out = write_model_dir(path, self.model_spec(metrics), self.model.state_dict(), card)
+        if self.lm is not None:
+            storage.write_text(storage.join(out, LM_FILE), self.lm.to_json())
+        return out
