@@ -11,7 +11,8 @@ the first engine::
   request) and RapidOCR's ``text_det`` (its own preprocessing, limit 736 on the shorter side) on the
   first ``--images`` receipts, with CLEval detection H-mean of each on those receipts.
 * **Recognition**: the ground-truth line crops of the receipts (up to ``--lines``), read by each shipped
-  recognizer folder (``--recognizer``, batched by the predictor), by each architecture at its default
+  recognizer folder (``--recognizer``, batched by the predictor; a folder that decodes with beam search
+  is also timed with greedy decoding), by each architecture at its default
   size with random weights (``--archs``: speed only; an attention decoder stops once every line of a
   batch has emitted EOS or after ``max_len`` steps, so for those the figure is a rough one) and by RapidOCR's ``text_rec`` (batches of 6, its default); CER (case-insensitive,
   as SROIE is labelled) for the trained ones.
@@ -173,12 +174,18 @@ def recognition_section(records: Sequence[Any], images: list[np.ndarray], args: 
     trained: set[str] = set()
     for folder in args.recognizer:
         predictor = RecognitionPredictor.from_model_dir(folder)
-        name = f"ocrjobs {predictor.name}"
-        engines[name] = (
-            lambda p=predictor: [r.text for r in p(crops)],
-            f"{predictor.model.config.arch} {predictor.height}x{predictor.width}, {predictor.decoder}, trained",
-        )
-        trained.add(name)
+        variants = [("", predictor)]
+        if predictor.decoder != "greedy":
+            # The folder's own decoder beside greedy decoding of the same model: the decoder's cost.
+            variants.append((" greedy", RecognitionPredictor.from_model_dir(folder, decoder="greedy")))
+        for suffix, p in variants:
+            name = f"ocrjobs {p.name}{suffix}"
+            decoder = p.decoder + (" + char LM" if p.decoder == "beam" and p.lm is not None else "")
+            engines[name] = (
+                lambda p=p: [r.text for r in p(crops)],
+                f"{p.model.config.arch} {p.height}x{p.width}, {decoder}, trained",
+            )
+            trained.add(name)
     for arch in args.archs:
         model = build_recognizer(arch, 96)
         tokenizer = CTCTokenizer() if model.decoding == "ctc" else AttentionTokenizer()

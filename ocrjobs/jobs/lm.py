@@ -38,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--case-sensitive", action="store_true", help="do not fold case in the language model"
     )
     parser.add_argument("--tune", action="store_true", help="pick weight and bonus on the held-out part")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.3, 0.5, 0.8], help="LM weights")
-    parser.add_argument("--bonuses", type=float, nargs="+", default=[0.0, 1.0, 2.0], help="length bonuses")
+    parser.add_argument("--weights", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="LM weights")
+    parser.add_argument(
+        "--bonuses", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="length bonuses"
+    )
     parser.add_argument("--beam-width", type=int, help="beam width (default: the folder's)")
     parser.add_argument("--limit", type=int, help="tune on the first N held-out records only")
     parser.add_argument("--out", help="write the model folder here instead of updating --model")
