@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 _BLANK = 0
+# Beam search frames where blank is at least this probable only extend beams by blank (and the repeat
+# of a beam's last label): no label is tried. CTC outputs are mostly such frames.
+_BLANK_SKIP = math.log(0.999)
 _EOS = 0
 
 
@@ -181,7 +184,8 @@ def _prefix_beam_search(
 
     Each prefix keeps two log-probabilities: of its alignments ending in a blank and ending in its
     last label (needed because a repeated label only extends a prefix after a blank). Only the
-    ``beam_width`` most probable labels of a frame are tried as extensions. With ``fusion`` prefixes
+    ``beam_width`` most probable labels of a frame are tried as extensions, and none on frames where
+    blank has probability 0.999 or more. With ``fusion`` prefixes
     are ranked by that sum plus the weighted language-model log-probability of their text and a bonus
     per character; the final choice adds the language model's end-of-line probability.
     """
@@ -193,6 +197,15 @@ def _prefix_beam_search(
     )
     for frame_array, labels in zip(log_probs, top_labels.tolist(), strict=True):
         frame = frame_array.tolist()
+        if frame[_BLANK] >= _BLANK_SKIP:
+            beams = {
+                prefix: (
+                    _logaddexp(p_blank, p_label) + frame[_BLANK],
+                    p_label + frame[prefix[-1]] if prefix else -math.inf,
+                )
+                for prefix, (p_blank, p_label) in beams.items()
+            }
+            continue
         nxt: defaultdict[tuple[int, ...], list[float]] = defaultdict(lambda: [-math.inf, -math.inf])
         for prefix, (p_blank, p_label) in beams.items():
             total = _logaddexp(p_blank, p_label)
@@ -218,24 +231,24 @@ class _Fusion:
 
     def __init__(self, lm: CharNgramLM, chars: Sequence[str], weight: float, length_bonus: float) -> None:
         self.lm, self.chars, self.weight, self.length_bonus = lm, chars, weight, length_bonus
-        # Prefix -> (text, LM log-probability): each extension is scored once per sample.
-        self._known: dict[tuple[int, ...], tuple[str, float]] = {(): ("", 0.0)}
+        # Prefix -> (LM state, weighted LM score + length bonus): each extension is scored once per sample.
+        self._known: dict[tuple[int, ...], tuple[str, float]] = {(): (lm.initial_state(), 0.0)}
 
-    def _text_score(self, prefix: tuple[int, ...]) -> tuple[str, float]:
+    def _state_score(self, prefix: tuple[int, ...]) -> tuple[str, float]:
         known = self._known.get(prefix)
         if known is None:
-            text, score = self._text_score(prefix[:-1])
-            char = self.chars[prefix[-1]]
-            known = (text + char, score + self.lm.log_prob(text, char))
+            state, score = self._state_score(prefix[:-1])
+            state, log_prob = self.lm.step(state, self.chars[prefix[-1]])
+            known = (state, score + self.weight * log_prob + self.length_bonus)
             self._known[prefix] = known
         return known
 
     def rank(self, prefix: tuple[int, ...], acoustic: float) -> float:
-        return acoustic + self.weight * self._text_score(prefix)[1] + self.length_bonus * len(prefix)
+        return acoustic + self._state_score(prefix)[1]
 
     def final(self, prefix: tuple[int, ...], acoustic: float) -> float:
-        text, _ = self._text_score(prefix)
-        return self.rank(prefix, acoustic) + self.weight * self.lm.end_log_prob(text)
+        state, score = self._state_score(prefix)
+        return acoustic + score + self.weight * self.lm.end_step(state)
 
 
 def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:

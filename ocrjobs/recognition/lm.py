@@ -30,6 +30,8 @@ LM_FILE = "lm.json"
 _BOS = "\x02"
 _EOS = "\x03"
 _FORMAT = "ocrjobs-char-ngram-1"
+# Most (context, character) entries each cache keeps between calls (memory stays bounded in long jobs).
+_CACHE_SIZE = 1_000_000
 
 
 class CharNgramLM:
@@ -67,6 +69,8 @@ class CharNgramLM:
         self._uniform = 1.0 / len(symbols)
         # Per context: total count and distinct followers, the two numbers every probability needs.
         self._totals = [{h: (sum(f.values()), len(f)) for h, f in table.items()} for table in counts]
+        # (context, character) -> probability, and -> log-probability; each bounded by _CACHE_SIZE.
+        self._prob_cache: dict[tuple[str, str], float] = {}
         self._cache: dict[tuple[str, str], float] = {}
 
     # ------------------------------------------------------------ building
@@ -120,36 +124,63 @@ class CharNgramLM:
 
     def _prob(self, context: str, char: str) -> float:
         key = (context, char)
-        cached = self._cache.get(key)
-        if cached is not None:
-            return cached
+        value = self._prob_cache.get(key)
+        if value is not None:
+            return value
         lower = self._prob(context[1:], char) if context else self._uniform
         seen = self._totals[len(context)].get(context)
         if seen is None:
-            p = lower
+            value = lower
         else:
             total, distinct = seen
             count = self.counts[len(context)][context].get(char, 0)
-            p = max(count - self.discount, 0.0) / total + self.discount * distinct / total * lower
-        self._cache[key] = p
-        return p
+            value = max(count - self.discount, 0.0) / total + self.discount * distinct / total * lower
+        if len(self._prob_cache) >= _CACHE_SIZE:
+            self._prob_cache.clear()
+        self._prob_cache[key] = value
+        return value
 
-    def _context(self, history: str) -> str:
-        padded = _BOS * (self.order - 1) + self._fold(history)
+    def _log_prob(self, context: str, char: str) -> float:
+        key = (context, char)
+        value = self._cache.get(key)
+        if value is None:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.clear()  # bounded memory in long jobs; refills with what the lines use
+            value = self._cache[key] = math.log(self._prob(context, char))
+        return value
+
+    def initial_state(self) -> str:
+        """The state before a line's first character (an opaque context for :meth:`step`)."""
+        return _BOS * (self.order - 1)
+
+    def step(self, state: str, char: str) -> tuple[str, float]:
+        """``(state after char, log p(char | state))``: incremental scoring for a decoder."""
+        char = self._fold(char)
+        return (state + char)[1:] if self.order > 1 else "", self._log_prob(state, char)
+
+    def end_step(self, state: str) -> float:
+        """``log p(end of line | state)``."""
+        return self._log_prob(state, _EOS)
+
+    def _state(self, history: str) -> str:
+        padded = self.initial_state() + self._fold(history)
         return padded[len(padded) - (self.order - 1) :] if self.order > 1 else ""
 
     def log_prob(self, history: str, char: str) -> float:
         """``log p(char | history)``; ``history`` is the line so far (its last ``order - 1`` characters count)."""
-        return math.log(self._prob(self._context(history), self._fold(char)))
+        return self.step(self._state(history), char)[1]
 
     def end_log_prob(self, history: str) -> float:
         """``log p(end of line | history)``."""
-        return math.log(self._prob(self._context(history), _EOS))
+        return self.end_step(self._state(history))
 
     def score(self, text: str) -> float:
         """Log-probability of a whole line, end of line included."""
-        total = sum(self.log_prob(text[:i], c) for i, c in enumerate(text))
-        return total + self.end_log_prob(text)
+        state, total = self.initial_state(), 0.0
+        for char in text:
+            state, value = self.step(state, char)
+            total += value
+        return total + self.end_step(state)
 
     # ------------------------------------------------------------ files
 

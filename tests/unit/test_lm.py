@@ -176,3 +176,15 @@ def test_lm_command_tunes_on_held_out_records_and_writes_a_folder(
     assert config["metrics"] == {"val_cer": 0.5} and (out / "CARD.md").read_text() == "# tiny\n"
     # Tuning needs a held-out part the language model did not count.
     assert main(["lm", "--model", model, "--data", data, "--tune"]) == 2
+
+
+def test_caches_stay_bounded_and_do_not_change_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocrjobs.recognition.lm as lm_module
+
+    lm = _lm()
+    texts = [f"ITEM {i} {i * 7 % 13}.{i % 10}0" for i in range(200)]
+    reference = [lm.score(t) for t in texts]
+    monkeypatch.setattr(lm_module, "_CACHE_SIZE", 50)
+    small = _lm()
+    assert [small.score(t) for t in texts] == pytest.approx(reference)
+    assert len(small._cache) <= 50 and len(small._prob_cache) <= 50
