@@ -21,7 +21,13 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ocrjobs.recognition.lm import CharNgramLM
+    from ocrjobs.recognition.predictor import RecognitionPredictor
 
 __all__ = ["add_arguments", "build_lm", "run", "tune"]
 
@@ -38,9 +44,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--case-sensitive", action="store_true", help="do not fold case in the language model"
     )
     parser.add_argument("--tune", action="store_true", help="pick weight and bonus on the held-out part")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.2, 0.3, 0.5], help="LM weights")
     parser.add_argument(
-        "--bonuses", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="length bonuses"
+        "--weights",
+        type=float,
+        nargs="+",
+        default=[0.2, 0.3, 0.5],
+        help="LM weights to try (without --tune: the first is used)",
+    )
+    parser.add_argument(
+        "--bonuses",
+        type=float,
+        nargs="+",
+        default=[0.5, 1.0, 1.5, 2.0],
+        help="length bonuses to try (without --tune: the first is used)",
     )
     parser.add_argument("--beam-width", type=int, help="beam width (default: the folder's)")
     parser.add_argument("--limit", type=int, help="tune on the first N held-out records only")
@@ -50,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_lm(
     data: str, fmt: str, charset: str, holdout_every: int | None, order: int, discount: float, case_fold: bool
-) -> tuple[Any, int]:
+) -> tuple[CharNgramLM, int]:
     """The language model of the dataset's fit part and how many records it was counted from."""
     from ocrjobs.data.formats import load_records
     from ocrjobs.recognition.lm import CharNgramLM
@@ -62,10 +78,10 @@ def build_lm(
 
 
 def tune(
-    predictor: Any,
-    crops: Sequence[Any],
+    predictor: RecognitionPredictor,
+    crops: Sequence[np.ndarray],
     refs: Sequence[str],
-    lm: Any,
+    lm: CharNgramLM,
     weights: Sequence[float],
     bonuses: Sequence[float],
 ) -> list[dict[str, Any]]:
