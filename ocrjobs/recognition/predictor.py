@@ -12,6 +12,8 @@ Preprocessing (also used by training so that both see the same pixels):
 
 CTC models get batches of crops sorted by width, each padded to the widest crop of the batch rounded up
 to 16 px; attention models get every crop padded to the fixed ``width``. Results come back in input order.
+Decoding is greedy or beam search; a CTC model folder may add a character language model (``lm.json``,
+:mod:`ocrjobs.recognition.lm`) that beam search fuses in.
 
 >>> from ocrjobs.recognition.models import build_recognizer
 >>> from ocrjobs.recognition.tokenizer import CTCTokenizer
