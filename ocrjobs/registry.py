@@ -7,6 +7,8 @@ A model folder contains:
   settings (input size, charset, thresholds...).
 * ``model.safetensors`` — the weights (a flat state dict; safetensors cannot execute code on load).
 * ``CARD.md`` — the model card: data, training command, metrics with the command that measured them.
+* ``lm.json`` — optional, CTC recognizers only: a character language model for beam search
+  (``ocrjobs.recognition.lm``), named by ``postprocess.lm``.
 
 >>> spec = ModelSpec(name="crnn_tiny", task="recognition", arch="crnn_small")
 >>> spec.task
@@ -29,6 +31,7 @@ from ocrjobs.config import ConfigError, StrictModel
 __all__ = [
     "CARD_FILE",
     "CONFIG_FILE",
+    "LM_FILE",
     "WEIGHTS_FILE",
     "ModelSpec",
     "local_copy",
@@ -39,6 +42,7 @@ __all__ = [
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "CARD.md"
+LM_FILE = "lm.json"
 
 Task = Literal["detection", "recognition", "latex"]
 
@@ -126,8 +130,7 @@ def local_copy(path: str | Path) -> Path:
     if not storage.is_s3(path):
         return Path(path)
     tmp = Path(tempfile.mkdtemp(prefix="ocrjobs-model-"))
-    # lm.json: a recognizer's language model (ocrjobs.recognition.lm), when it has one.
-    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, "lm.json"):
+    for name in (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, LM_FILE):
         uri = storage.join(path, name)
         if storage.exists(uri):
             (tmp / name).write_bytes(storage.read_bytes(uri))

@@ -23,9 +23,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from ocrjobs.registry import LM_FILE
+
 __all__ = ["LM_FILE", "CharNgramLM"]
 
-LM_FILE = "lm.json"
 # Line boundaries: outside every charset (printable ASCII has no control characters).
 _BOS = "\x02"
 _EOS = "\x03"
