@@ -185,9 +185,9 @@ def _prefix_beam_search(
     Each prefix keeps two log-probabilities: of its alignments ending in a blank and ending in its
     last label (needed because a repeated label only extends a prefix after a blank). Only the
     ``beam_width`` most probable labels of a frame are tried as extensions, and none on frames where
-    blank has probability 0.999 or more. With ``fusion`` prefixes
-    are ranked by that sum plus the weighted language-model log-probability of their text and a bonus
-    per character; the final choice adds the language model's end-of-line probability.
+    blank has probability 0.999 or more. With ``fusion`` prefixes are ranked by that sum plus the
+    weighted language-model log-probability of their text and a bonus per character; the final choice
+    adds the language model's end-of-line probability.
     """
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
     n_ext = min(beam_width, log_probs.shape[1] - 1)

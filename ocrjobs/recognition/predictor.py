@@ -58,6 +58,7 @@ __all__ = [
     "WIDTH_STEP",
     "RecognitionPredictor",
     "RecognizedText",
+    "ctc_batch_width",
     "orient_crop",
     "resize_crop",
     "to_batch",
@@ -119,6 +120,11 @@ def resize_crop(crop: np.ndarray, height: int, max_width: int) -> np.ndarray:
     # INTER_AREA averages when shrinking (no aliasing of thin strokes); linear when enlarging.
     interpolation = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
     return cv2.resize(crop, (new_w, height), interpolation=interpolation)
+
+
+def ctc_batch_width(widest: int) -> int:
+    """The width a CTC batch is padded to: its widest crop rounded up to :data:`WIDTH_STEP`."""
+    return WIDTH_STEP * math.ceil(widest / WIDTH_STEP)
 
 
 def to_batch(
@@ -350,7 +356,7 @@ class RecognitionPredictor:
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
             images = [resized[i] for i in indices]
-            width = self.width if fixed else WIDTH_STEP * math.ceil(images[-1].shape[1] / WIDTH_STEP)
+            width = self.width if fixed else ctc_batch_width(images[-1].shape[1])
             yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
 
     def _decode(self, batch: torch.Tensor) -> list[Hypothesis]:

@@ -25,7 +25,7 @@ from ocrjobs.metrics.text import text_metrics
 from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decode
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
-from ocrjobs.recognition.predictor import WIDTH_STEP, RecognitionPredictor
+from ocrjobs.recognition.predictor import RecognitionPredictor, ctc_batch_width
 from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
@@ -50,7 +50,7 @@ def line_images(
     """
     images = torch.from_numpy(batch["image"])
     if trim:
-        width = min(images.shape[2], WIDTH_STEP * -(-int(batch["valid_w"].max()) // WIDTH_STEP))
+        width = min(images.shape[2], ctc_batch_width(int(batch["valid_w"].max())))
         images = images[:, :, :width]
     images = images.to(device, non_blocking=True)
     images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
