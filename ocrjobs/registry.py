@@ -26,7 +26,7 @@ import yaml
 from pydantic import Field
 
 from ocrjobs import storage
-from ocrjobs.config import ConfigError, StrictModel
+from ocrjobs.config import ConfigError, StorageConfig, StrictModel
 
 __all__ = [
     "CARD_FILE",
@@ -36,6 +36,7 @@ __all__ = [
     "ModelSpec",
     "local_copy",
     "read_model_dir",
+    "read_model_spec",
     "write_model_dir",
 ]
 
@@ -104,6 +105,25 @@ def write_model_dir(
     return out
 
 
+def read_model_spec(path: str | Path, config: StorageConfig | None = None) -> ModelSpec:
+    """Read a model folder's ``config.yaml`` only (the weights are not read).
+
+    Args:
+        path: the folder (local path or ``s3://``).
+        config: storage settings for ``s3://`` (endpoint); None uses the environment's.
+
+    Raises:
+        FileNotFoundError: the folder lacks ``config.yaml``.
+        ConfigError: ``config.yaml`` is not YAML or not a valid :class:`ModelSpec`.
+    """
+    cfg_uri = storage.join(str(path), CONFIG_FILE)
+    raw = storage.read_bytes(cfg_uri, config)
+    try:
+        return ModelSpec.model_validate(yaml.safe_load(io.BytesIO(raw)) or {})
+    except Exception as exc:  # pydantic or YAML: the message names the field
+        raise ConfigError(f"{cfg_uri}: invalid model config: {exc}") from None
+
+
 def read_model_dir(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
     """Read a model folder's spec and weights (a CPU state dict of torch tensors).
 
@@ -113,14 +133,8 @@ def read_model_dir(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
     """
     from safetensors.torch import load
 
-    path = str(path)
-    cfg_uri = storage.join(path, CONFIG_FILE)
-    raw = storage.read_bytes(cfg_uri)
-    try:
-        spec = ModelSpec.model_validate(yaml.safe_load(io.BytesIO(raw)) or {})
-    except Exception as exc:  # pydantic's message names the field
-        raise ConfigError(f"{cfg_uri}: invalid model config: {exc}") from None
-    weights = load(storage.read_bytes(storage.join(path, WEIGHTS_FILE)))
+    spec = read_model_spec(path)
+    weights = load(storage.read_bytes(storage.join(str(path), WEIGHTS_FILE)))
     return spec, weights
 
 

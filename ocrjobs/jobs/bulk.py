@@ -56,7 +56,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
 from ocrjobs import storage
@@ -298,20 +297,15 @@ def model_id(
     Raises:
         ConfigError: the folder has no ``config.yaml``, it is invalid, or it holds another task.
     """
-    from ocrjobs.registry import CONFIG_FILE, ModelSpec
+    from ocrjobs.registry import CONFIG_FILE, read_model_spec
 
-    uri = storage.join(path, CONFIG_FILE)
     try:
-        text = storage.read_text(uri, config)
+        spec = read_model_spec(path, config)
     except storage.ObjectNotFoundError:
         raise ConfigError(
             f"{task} model folder not found: {path} (no {CONFIG_FILE} there). Train and export a model into "
             f"it, or point the config's {'detector' if task == 'detection' else 'recognizer'} field at one."
         ) from None
-    try:
-        spec = ModelSpec.model_validate(yaml.safe_load(text) or {})
-    except Exception as exc:  # pydantic or YAML: the message names the field
-        raise ConfigError(f"{uri}: invalid model config: {exc}") from None
     if spec.task != task:
         raise ConfigError(f"{path}: holds a {spec.task} model, the bulk job needs a {task} model here")
     return f"{spec.name}@{spec.version}"

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from ocrjobs.data.formats import load_records
     from ocrjobs.data.lines import cut_line_crops
     from ocrjobs.recognition.predictor import RecognitionPredictor
-    from ocrjobs.registry import CARD_FILE, read_model_dir
+    from ocrjobs.registry import CARD_FILE, read_model_spec
     from ocrjobs.training.config import DataSource
 
     predictor = RecognitionPredictor.from_model_dir(args.model)
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             storage.write_text(args.json_out, json.dumps({"rows": rows, "chosen": best}, indent=2))
     predictor.lm, predictor.lm_weight, predictor.length_bonus = lm, float(weight), float(bonus)
     predictor.decoder = "beam"
-    spec = read_model_dir(args.model)[0]
+    spec = read_model_spec(args.model)  # its metrics; the weights are in the predictor already
     card_uri = storage.join(args.model, CARD_FILE)
     card = storage.read_text(card_uri) if args.out and storage.exists(card_uri) else None
     out = predictor.save_model_dir(args.out or args.model, card=card, metrics=spec.metrics)
