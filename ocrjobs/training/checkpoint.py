@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ __all__ = [
     "CheckpointInfo",
     "best_checkpoint",
     "checkpoint_dir_name",
+    "latest_state",
     "list_checkpoints",
     "load_state",
     "model_weights",
@@ -48,6 +50,8 @@ STATE_FILE = "state.pt"
 COMMAND_FILE = "command.txt"  # in the run folder: the command line that started the run
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
+
+logger = logging.getLogger(__name__)
 
 _DIR_PATTERN = re.compile(r"^epoch_(\d+)$")
 
@@ -154,6 +158,35 @@ def list_checkpoints(run_uri: str, config: StorageConfig | None = None) -> list[
             meta = json.loads(storage.read_text(storage.join(folder, META_FILE), config))
             found.append(CheckpointInfo(folder, int(meta["epoch"]), int(meta["step"]), meta["metrics"]))
     return sorted(found, key=lambda c: c.epoch)
+
+
+def latest_state(
+    run_uri: str, config: StorageConfig | None = None, newer_than: int = 0
+) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+    """The newest checkpoint in a run folder whose state loads, with that state.
+
+    Ray Train hands a restarted worker group the checkpoint its controller registered; a worker that
+    dies right after a report can beat that registration although rank 0 has already persisted the
+    folder. Resuming from storage as well means a checkpoint that ``report`` returned for is never lost.
+    A folder whose ``state.pt`` does not load (an upload cut short on a local filesystem) is passed over
+    for the one before it.
+
+    Args:
+        run_uri: ``storage_path/name``.
+        config: S3 settings.
+        newer_than: only checkpoints after this epoch are considered.
+
+    Returns:
+        ``(checkpoint, state)``, or ``None`` when no complete checkpoint after ``newer_than`` loads.
+    """
+    for info in reversed(list_checkpoints(run_uri, config)):
+        if info.epoch <= newer_than:
+            return None
+        try:
+            return info, load_state(info.uri, config)
+        except Exception as exc:  # a truncated or unreadable file: fall back to the previous epoch
+            logger.warning("checkpoint %s does not load (%s); trying the one before", info.uri, exc)
+    return None
 
 
 def best_checkpoint(

@@ -24,7 +24,7 @@ from torch import nn
 
 from ocrjobs import storage
 from ocrjobs.registry import read_model_dir
-from ocrjobs.training.checkpoint import STATE_FILE, checkpoint_dir_name, write_checkpoint
+from ocrjobs.training.checkpoint import STATE_FILE, checkpoint_dir_name, latest_state, write_checkpoint
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.optim import ModelEMA, build_optimizer, build_scheduler
 from ocrjobs.training.progress import MetricsLog, format_epoch_line
@@ -200,6 +200,32 @@ class _WorkerState:
         return metrics
 
 
+def _resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
+    """The state to resume from: the newer of Ray's registered checkpoint and the run folder's newest.
+
+    ``ray.train.get_checkpoint()`` is what the Train controller registered; when a worker dies right
+    after a report, the restarted group can get the previous epoch although rank 0 already persisted
+    the newer folder (seen as a restart from epoch 1 after a crash in epoch 2). Every rank reads the
+    same folder, so the ranks agree on the epoch.
+    """
+    import ray.train
+
+    state: dict[str, Any] | None = None
+    epoch = 0
+    checkpoint = ray.train.get_checkpoint()  # Ray: the latest registered checkpoint, else None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+        epoch = int(state["epoch"])
+    newer = latest_state(cfg.run_uri(), cfg.storage, newer_than=epoch)
+    if newer is not None:
+        info, state = newer
+        print(
+            f"[{cfg.name}] resuming from {info.uri} (newer than Ray's registered epoch {epoch})", flush=True
+        )
+    return state
+
+
 def train_func(config: dict[str, Any]) -> dict[str, int]:
     """Ray Train's per-worker function.
 
@@ -221,11 +247,8 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     raw_model = task.build_model()
     torch.manual_seed(cfg.seed + 1 + rank)  # but different dropout masks and sampling per rank
-    checkpoint = ray.train.get_checkpoint()  # Ray: the latest checkpoint when resuming, else None
-    state: dict[str, Any] | None = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
+    state = _resume_state(cfg)
+    if state is not None:
         raw_model.load_state_dict(state["model"])
     elif cfg.model.init_from:
         raw_model.load_state_dict(read_model_dir(cfg.model.init_from)[1])

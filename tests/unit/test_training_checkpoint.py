@@ -12,8 +12,10 @@ from ocrjobs import storage
 from ocrjobs.config import ConfigError
 from ocrjobs.training.checkpoint import (
     CONFIG_FILE,
+    STATE_FILE,
     best_checkpoint,
     checkpoint_dir_name,
+    latest_state,
     list_checkpoints,
     model_weights,
     resolve_checkpoint,
@@ -198,3 +200,43 @@ def test_exported_detector_matches_checkpoint_model(tmp_path: Path) -> None:
     assert (
         "No validation split was configured" in (tmp_path / "models" / "dbnet_unit" / "CARD.md").read_text()
     )
+
+
+def test_latest_state_takes_the_newest_checkpoint_that_loads(tmp_path: Path) -> None:
+    cfg = TrainConfig.model_validate(_CONFIG)
+    run = _fake_run(tmp_path, cfg, [0.5, 0.2, 0.3])
+    info, state = latest_state(run)
+    assert (info.epoch, state["epoch"]) == (3, 3)
+    # An upload cut short: the newest state.pt is truncated, so the one before is taken.
+    newest = tmp_path / cfg.name / checkpoint_dir_name(3) / STATE_FILE
+    newest.write_bytes(newest.read_bytes()[:10])
+    info, state = latest_state(run)
+    assert (info.epoch, state["step"]) == (2, 10)
+    assert latest_state(run, newer_than=2) is None
+    assert latest_state(str(tmp_path / "empty")) is None
+
+
+def test_a_restart_resumes_from_storage_when_ray_registered_an_older_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race behind the flaky worker-kill test: rank 0 persisted epoch 2, then a worker died before the
+    Train controller registered it, so ``ray.train.get_checkpoint()`` still hands back epoch 1."""
+    import ray.train
+
+    from ocrjobs.training.loop import _resume_state
+
+    cfg = TrainConfig.model_validate({**_CONFIG, "storage_path": str(tmp_path)})
+    run = _fake_run(tmp_path, cfg, [0.5, 0.2])
+    registered = ray.train.Checkpoint.from_directory(str(tmp_path / cfg.name / checkpoint_dir_name(1)))
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: registered)
+    assert list_checkpoints(run)[-1].epoch == 2
+    assert _resume_state(cfg)["epoch"] == 2
+    # Nothing newer in storage: Ray's checkpoint is used as it is.
+    monkeypatch.setattr(
+        ray.train,
+        "get_checkpoint",
+        lambda: ray.train.Checkpoint.from_directory(str(tmp_path / cfg.name / checkpoint_dir_name(2))),
+    )
+    assert _resume_state(cfg)["epoch"] == 2
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    assert _resume_state(cfg.model_copy(update={"name": "fresh"})) is None
