@@ -446,6 +446,45 @@ class TextSampler:
             if text:
                 return text
 
+    def sentence(self, rng: np.random.Generator, low: int = 2, high: int = 9) -> str:
+        """Running text in sentence case (``Please return the signed copy to``): the lower-case words of
+        letters and forms, with their first letter capitalised and now and then a full stop or comma."""
+        words = [self.word(rng) for _ in range(int(rng.integers(low, high + 1)))]
+        words = [w if any(c.islower() for c in w) else w.lower() for w in words]
+        text = " ".join(words)
+        text = text[:1].upper() + text[1:]
+        return self.clean(text + _pick(rng, ("", "", "", ".", ",", ":", ";")))
+
+    def document_line(self, rng: np.random.Generator, max_chars: int = 40) -> str:
+        """A non-empty line of a letter, form or page in mixed case (``Senior Vice President``,
+        ``Date: 12/03/1998``, ``Please return the signed copy``), cut at a space if longer than
+        ``max_chars``; upper-case headings come up too, but rarely, as on such pages."""
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+        kinds: tuple[tuple[float, Callable[[np.random.Generator], str]], ...] = (
+            (0.28, lambda r: self.sentence(r)),
+            (0.20, lambda r: self.words(r, 1, 5, case="title")),
+            (0.12, lambda r: self.words(r, 1, 4, case="asis")),
+            (0.08, lambda r: self.words(r, 1, 4, case="upper")),
+            (
+                0.10,
+                lambda r: (
+                    self.words(r, 1, 3, case="title") + _pick(r, (":", ": ", " :")) + _pick_generator(r)(r)
+                ),
+            ),
+            (0.06, lambda r: self.words(r, 1, 3, case="title") + ":"),
+            (0.05, random_date),
+            (0.05, random_code),
+            (0.03, lambda r: _pick(r, ("Phone ", "Fax: ", "Tel. ", "FAX ")) + random_phone(r)),
+            (0.03, random_price),
+        )
+        probs = np.array([p for p, _ in kinds])
+        while True:
+            generate = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))][1]
+            text = _truncate_words(self.clean(generate(rng)), max_chars)
+            if text:
+                return text
+
 
 def _pick_generator(rng: np.random.Generator) -> Callable[[np.random.Generator], str]:
     generators: tuple[Callable[[np.random.Generator], str], ...] = (
@@ -661,6 +700,8 @@ class LineGenerator:
         augment: distortions before cropping; None for clean renders.
         height: output height.
         max_chars: longest text.
+        style: ``receipt`` (:meth:`TextSampler.line`, mostly capitals) or ``document``
+            (:meth:`TextSampler.document_line`, mixed case as in letters and forms).
     """
 
     def __init__(
@@ -671,17 +712,24 @@ class LineGenerator:
         augment: Augmenter | None = RECOGNITION_PRESET,
         height: int = 32,
         max_chars: int = 40,
+        style: str = "receipt",
     ) -> None:
+        if style not in ("receipt", "document"):
+            raise ValueError(f"style must be 'receipt' or 'document', got {style!r}")
         self.sampler = TextSampler(vocab, charset)
         self.seed = seed
         self.augment = augment
         self.height = height
         self.max_chars = max_chars
+        self.style = style
 
     def sample(self, index: int) -> tuple[np.ndarray, str]:
         """The ``index``-th pair: an RGB uint8 ``[height, w, 3]`` image and its text."""
         rng = np.random.default_rng([self.seed, index])
-        text = self.sampler.line(rng, self.max_chars)
+        if self.style == "document":
+            text = self.sampler.document_line(rng, self.max_chars)
+        else:
+            text = self.sampler.line(rng, self.max_chars)
         return render_line(text, rng, height=self.height, augment=self.augment), text
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, str]]:

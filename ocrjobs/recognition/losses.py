@@ -17,7 +17,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BRACKETS", "attention_loss", "bracket_penalty", "ctc_loss", "formula_loss"]
+__all__ = [
+    "BRACKETS",
+    "attention_loss",
+    "bracket_penalty",
+    "case_pairs",
+    "ctc_loss",
+    "fold_case",
+    "formula_loss",
+]
 
 # Bracket token -> (kind, opens). A closing token matches the innermost open token of the same kind;
 # ``\{`` and ``\lbrace`` are the same delimiter in LaTeX, so they share a kind. ``\left<d>``/``\right<d>``
@@ -45,7 +53,72 @@ BRACKETS: dict[str, tuple[str, bool]] = {
 r"""Bracket tokens of im2latex-style formulas other than ``\left``/``\right`` and environments."""
 
 
-def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+def case_pairs(chars: str) -> torch.Tensor:
+    """``[P, 2]`` class ids ``(upper, lower)`` of the letters whose two cases are both in ``chars``.
+
+    Ids follow both tokenizers' convention: ``chars[i]`` is id ``i + 1``.
+
+    >>> case_pairs("aAb1B").tolist()
+    [[2, 1], [5, 3]]
+    """
+    index = {ch: i + 1 for i, ch in enumerate(chars)}
+    pairs = [
+        (index[ch.upper()], index[ch])
+        for ch in chars
+        if ch.islower() and len(ch.upper()) == 1 and ch.upper() in index
+    ]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def fold_case(
+    log_probs: torch.Tensor, targets: torch.Tensor, anycase: torch.Tensor, pairs: torch.Tensor, batch_dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Case-insensitive supervision: for the rows marked ``anycase`` a letter's label accepts either case.
+
+    For those rows the upper-case class's log-probability becomes ``log(p(upper) + p(lower))``, the
+    lower-case class's becomes ``-inf`` (each frame still sums to one) and their labels are mapped to the
+    upper-case id, so the likelihood of a label is the summed probability of
+    both spellings: a source transcribed in capitals whatever the print (SROIE) teaches the letters
+    without teaching that all text is upper case. Other rows are unchanged.
+
+    Args:
+        log_probs: ``[..., C]`` log-probabilities with the batch at ``batch_dim``.
+        targets: ``[b, S]`` label ids (ids ``>= C``, e.g. PAD, are kept as they are).
+        anycase: ``[b]`` bool, the rows to fold.
+        pairs: ``[P, 2]`` from :func:`case_pairs`.
+        batch_dim: where the batch is in ``log_probs`` (1 for CTC's ``[T, b, C]``, 0 for ``[b, L, C]``).
+
+    Returns:
+        ``(log_probs, targets)``, new tensors.
+    """
+    if pairs.numel() == 0 or not bool(anycase.any()):
+        return log_probs, targets
+    pairs = pairs.to(log_probs.device)
+    upper, lower = pairs[:, 0], pairs[:, 1]
+    merged = torch.logaddexp(log_probs[..., upper], log_probs[..., lower])
+    shape = [1] * log_probs.dim()
+    shape[batch_dim] = -1
+    rows = anycase.to(log_probs.device).view(shape)
+    folded = log_probs.clone()
+    folded[..., upper] = torch.where(rows, merged, log_probs[..., upper])
+    # The lower-case class gets probability 0 in folded rows, so each frame still sums to one. That is
+    # not cosmetic: PyTorch's CTC backward assumes normalised log-probabilities (its gradient carries an
+    # exp(log_prob) term that the log-softmax backward cancels only then); with both columns kept the
+    # gradient is wrong and training settles on p(upper) = 2 p(lower) instead of learning the case.
+    folded[..., lower] = torch.where(rows, torch.full_like(merged, float("-inf")), log_probs[..., lower])
+    table = torch.arange(max(int(targets.max()) + 1, log_probs.shape[-1]), device=targets.device)
+    table[lower.to(targets.device)] = upper.to(targets.device)
+    targets = torch.where(anycase.to(targets.device).view(-1, 1), table[targets], targets)
+    return folded, targets
+
+
+def ctc_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    lengths: torch.Tensor,
+    anycase: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """CTC loss (blank = 0) of per-frame logits, averaged over the batch.
 
     Each sample's negative log-likelihood is divided by its label length (at least 1) before the
@@ -57,16 +130,26 @@ def ctc_loss(logits: torch.Tensor, targets: torch.Tensor, lengths: torch.Tensor)
         logits: ``[b, T, num_classes]`` model output (every frame is valid).
         targets: ``[b, S]`` padded label ids from ``CTCTokenizer.encode``.
         lengths: ``[b]`` label lengths.
+        anycase: ``[b]`` bool, rows whose letters are scored case-insensitively (:func:`fold_case`).
+        pairs: the charset's :func:`case_pairs` (needed with ``anycase``).
 
     Returns:
         The scalar loss (float32, also under autocast).
     """
     log_probs = logits.float().log_softmax(dim=-1).transpose(0, 1)  # [b, T, C] -> [T, b, C]
+    if anycase is not None and pairs is not None:
+        log_probs, targets = fold_case(log_probs, targets, anycase, pairs, batch_dim=1)
     frames = torch.full((logits.shape[0],), logits.shape[1], dtype=torch.long, device=logits.device)
     return F.ctc_loss(log_probs, targets, frames, lengths, blank=0, reduction="mean", zero_infinity=True)
 
 
-def attention_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+def attention_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_smoothing: float = 0.0,
+    anycase: torch.Tensor | None = None,
+    pairs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Token cross-entropy of teacher-forced logits, padding ignored.
 
     Target ids ``>= num_classes`` (the tokenizer's PAD) are not scored; EOS is.
@@ -74,12 +157,20 @@ def attention_loss(logits: torch.Tensor, targets: torch.Tensor, label_smoothing:
     Args:
         logits: ``[b, L, num_classes]`` from ``model(images, targets)``.
         targets: ``[b, L]`` from ``AttentionTokenizer.encode``.
-        label_smoothing: probability mass spread over all classes (0 disables).
+        label_smoothing: probability mass spread over all classes (0 disables; not applied to a batch
+            that has ``anycase`` rows).
+        anycase: ``[b]`` bool, rows whose letters are scored case-insensitively (:func:`fold_case`).
+        pairs: the charset's :func:`case_pairs` (needed with ``anycase``).
 
     Returns:
         The scalar loss, averaged over the scored tokens (float32, also under autocast).
     """
     num_classes = logits.shape[-1]
+    if anycase is not None and pairs is not None and pairs.numel() and bool(anycase.any()):
+        # Either case of a letter is right for the marked rows: score log(p(upper) + p(lower)).
+        log_probs, targets = fold_case(logits.float().log_softmax(-1), targets, anycase, pairs, batch_dim=0)
+        flat_targets = targets.masked_fill(targets >= num_classes, -100).reshape(-1)
+        return F.nll_loss(log_probs.reshape(-1, num_classes), flat_targets, ignore_index=-100)
     flat_targets = targets.masked_fill(targets >= num_classes, -100).reshape(-1)
     return F.cross_entropy(
         logits.float().reshape(-1, num_classes),  # [b, L, C] -> [b*L, C]

@@ -73,6 +73,14 @@ class DataSource(StrictModel):
             every ``holdout_every``-th record is held out. ``None`` uses every record.
         holdout: with ``holdout_every``, keep the held-out records (``true``, for ``val``) or the rest
             (``false``, for ``train``). The same two numbers in ``train`` and ``val`` never overlap.
+        val_every: a second split inside the records kept by ``holdout_every``: every ``val_every``-th
+            of them is the validation part. With ``holdout_every`` keeping a dev part for reporting,
+            checkpoints are then chosen on the ``val`` part and never on the reported dev part.
+        val: with ``val_every``, keep the validation part (``true``) or the rest (``false``).
+        case: ``sensitive`` (labels keep the case printed) or ``insensitive`` (labels were transcribed in
+            one case whatever the print, e.g. SROIE's capitals): recognition losses then accept either
+            case of each letter and validation compares case-folded, so the model learns case only from
+            the cased sources.
     """
 
     uri: str
@@ -80,14 +88,22 @@ class DataSource(StrictModel):
     weight: float = Field(default=1.0, gt=0)
     holdout_every: int | None = Field(default=None, ge=2)
     holdout: bool = False
+    case: Literal["sensitive", "insensitive"] = "sensitive"
+    val_every: int | None = Field(default=None, ge=2)
+    val: bool = False
 
     def select(self, records: list[Any]) -> list[Any]:
-        """The records this source contributes (all, the fit part or the held-out part)."""
-        if self.holdout_every is None:
-            return records
-        ordered = sorted(records, key=lambda r: r.uri)
-        every = self.holdout_every
-        return [r for k, r in enumerate(ordered) if (k % every == every - 1) == self.holdout]
+        """The records this source contributes (all, the fit part or the held-out part; then, with
+        ``val_every``, the validation part of those or the rest)."""
+        return _every(_every(records, self.holdout_every, self.holdout), self.val_every, self.val)
+
+
+def _every(records: list[Any], every: int | None, part: bool) -> list[Any]:
+    """Records sorted by URI: every ``every``-th (``part``) or the others (not ``part``); all without ``every``."""
+    if every is None:
+        return records
+    ordered = sorted(records, key=lambda r: r.uri)
+    return [r for k, r in enumerate(ordered) if (k % every == every - 1) == part]
 
 
 class SynthSource(StrictModel):

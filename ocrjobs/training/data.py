@@ -76,10 +76,14 @@ def _weighted(items: list[Item], weight: float, rng: np.random.Generator) -> lis
 
 
 def _part(source: DataSource) -> str:
-    if source.holdout_every is None:
-        return ""
-    kind = "held-out" if source.holdout else "fit"
-    return f" ({kind} part, 1 in {source.holdout_every} held out)"
+    parts = []
+    if source.holdout_every is not None:
+        kind = "held-out" if source.holdout else "fit"
+        parts.append(f"{kind} part, 1 in {source.holdout_every} held out")
+    if source.val_every is not None:
+        kind = "validation" if source.val else "training"
+        parts.append(f"{kind} part, 1 in {source.val_every} for validation")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def plan_split(task: TrainTask, cfg: TrainConfig, split: SplitConfig, name: str) -> SplitPlan:
@@ -111,12 +115,15 @@ def plan_split(task: TrainTask, cfg: TrainConfig, split: SplitConfig, name: str)
                 f"data.{name}.sources[{i}]: {source.format} data at {source.uri} gives no usable items "
                 f"({len(records)} records read)"
             )
+        if source.case == "insensitive":
+            for item in items:
+                item.payload["anycase"] = True
         kept = _weighted(items, source.weight, np.random.default_rng(_seed(cfg.seed, split_index, i)))
         plan.items += kept
         rows = sum(item.rows for item in kept)
         plan.sources.append(
             f"{source.format} {source.uri}{_part(source)}: {len(records)} records -> {len(kept)} items, {rows} rows "
-            f"(weight {source.weight:g})"
+            f"(weight {source.weight:g}{', case-insensitive labels' if source.case == 'insensitive' else ''})"
         )
     for g, synth in enumerate(split.synthetic):
         if synth.kind not in task.synth_kinds:

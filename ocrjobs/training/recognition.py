@@ -23,7 +23,7 @@ from ocrjobs.data.augment import RECOGNITION_PRESET
 from ocrjobs.data.records import Record
 from ocrjobs.metrics.text import text_metrics
 from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decode
-from ocrjobs.recognition.losses import attention_loss, ctc_loss
+from ocrjobs.recognition.losses import attention_loss, case_pairs, ctc_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
 from ocrjobs.recognition.predictor import RecognitionPredictor, ctc_batch_width
 from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
@@ -107,6 +107,7 @@ class RecognitionTask:
         # The family's decoding is a class attribute: building the (small) model once tells it.
         self.decoding = self.build_model().decoding
         self.tokenizer = make_tokenizer(self.decoding, self.charset)
+        self.case_pairs = case_pairs(self.charset.chars)  # letters a case-insensitive source may fold
         # Longest label the model can emit: CTC needs a frame per character, attention stops at max_len
         # steps including EOS.
         self.max_label = self.width // _PIXELS_PER_FRAME if self.decoding == "ctc" else self.max_len - 1
@@ -159,7 +160,8 @@ class RecognitionTask:
         )
 
     def collate(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
-        """Normalised ``image`` ``[b, 3, h, w]``, ``targets``, ``lengths``.
+        """Normalised ``image`` ``[b, 3, h, w]``, ``targets``, ``lengths`` and ``anycase`` (rows whose
+        labels come from a case-insensitive source).
 
         Columns right of each row's ``valid_w`` repeat its last valid column, exactly as
         :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
@@ -167,13 +169,27 @@ class RecognitionTask:
         """
         images = line_images(batch, self.mean, self.std, device, trim=self.decoding == "ctc")
         targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
-        return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
+        anycase = torch.from_numpy(np.asarray(batch.get("anycase", np.zeros(len(batch["text"]), bool)), bool))
+        return {
+            "image": images,
+            "targets": targets.to(device),
+            "lengths": lengths.to(device),
+            "anycase": anycase.to(device),
+        }
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """CTC loss for CTC models, teacher-forced cross-entropy for attention models."""
+        """CTC loss for CTC models, teacher-forced cross-entropy for attention models; letters of
+        ``anycase`` rows are scored in either case (:func:`~ocrjobs.recognition.losses.fold_case`)."""
+        return self._loss(model, batch)[0], {}
+
+    def _loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(loss, logits)`` of a collated batch."""
+        anycase = batch.get("anycase")
         if self.decoding == "ctc":
-            return ctc_loss(model(batch["image"]), batch["targets"], batch["lengths"]), {}
-        return attention_loss(model(batch["image"], batch["targets"]), batch["targets"]), {}
+            logits = model(batch["image"])
+            return ctc_loss(logits, batch["targets"], batch["lengths"], anycase, self.case_pairs), logits
+        logits = model(batch["image"], batch["targets"])
+        return attention_loss(logits, batch["targets"], anycase=anycase, pairs=self.case_pairs), logits
 
     def _predict(self, model: nn.Module, images: torch.Tensor, logits: torch.Tensor) -> list[str]:
         if isinstance(model, AttentionRecognizer):
@@ -183,22 +199,25 @@ class RecognitionTask:
         return [h.text for h in hypotheses]
 
     def validate(self, model: nn.Module, batches: Iterable[Batch], device: torch.device) -> dict[str, float]:
-        """``val_loss``, ``val_cer``, ``val_wer``, ``val_exact_match`` (greedy decoding, texts as normalised by the charset)."""
+        """``val_loss``, ``val_cer``, ``val_wer``, ``val_exact_match`` (greedy decoding, texts as normalised
+        by the charset; rows of case-insensitive sources are compared in upper case)."""
         loss_sum, count = 0.0, 0
         preds: list[str] = []
         refs: list[str] = []
         for batch in batches:
             tensors = self.collate(batch, device)
-            if self.decoding == "ctc":
-                logits = model(tensors["image"])
-                loss = ctc_loss(logits, tensors["targets"], tensors["lengths"])
-            else:
-                logits = model(tensors["image"], tensors["targets"])
-                loss = attention_loss(logits, tensors["targets"])
+            loss, logits = self._loss(model, tensors)
             n = len(batch["text"])
             loss_sum, count = loss_sum + float(loss) * n, count + n
-            preds += self._predict(model, tensors["image"], logits)
-            refs += [self.charset.normalize(str(t)) for t in batch["text"]]
+            folded = tensors["anycase"].tolist()
+            preds += [
+                p.upper() if f else p
+                for p, f in zip(self._predict(model, tensors["image"], logits), folded, strict=True)
+            ]
+            refs += [
+                self.charset.normalize(str(t)).upper() if f else self.charset.normalize(str(t))
+                for t, f in zip(batch["text"], folded, strict=True)
+            ]
         scores = text_metrics(preds, refs)
         return {
             "val_loss": loss_sum / max(count, 1),

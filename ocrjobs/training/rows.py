@@ -173,7 +173,7 @@ class RecognitionRows:
         image, text = self._generators[key].sample(item["index"])
         return image, text
 
-    def _row(self, crop: np.ndarray, text: str) -> dict[str, Any]:
+    def _row(self, crop: np.ndarray, text: str, anycase: bool = False) -> dict[str, Any]:
         from ocrjobs.recognition.predictor import orient_crop, resize_crop
 
         resized = resize_crop(orient_crop(crop), self.height, self.width)
@@ -181,6 +181,7 @@ class RecognitionRows:
             "image": pad_to(resized, self.height, self.width),
             "valid_w": np.int32(resized.shape[1]),
             "text": text,
+            "anycase": np.bool_(anycase),  # labels of a case-insensitive source (DataSource.case)
         }
 
     def __call__(self, batch: Batch) -> Batch:
@@ -201,5 +202,5 @@ class RecognitionRows:
                 crop = self._cut(image, _as_polygon(points), rng)
                 if crop.size == 0:
                     crop, line = np.zeros((self.height, 1, 3), np.uint8), {"text": ""}
-                rows.append(self._row(crop, line["text"]))
+                rows.append(self._row(crop, line["text"], bool(item.get("anycase", False))))
         return stack_rows(rows)
