@@ -28,9 +28,18 @@ Content-Type, or ``multipart/form-data`` with a ``file`` field. Nothing is ever 
 
 Errors are JSON ``{"error": <code>, "detail": <message>}``: 400 (empty, undecodable or malformed
 input), 401 (bearer token missing or wrong, when one is configured), 404 (a route whose models are not
-configured), 413 (body or pixel count over the
-limits), 415 (not an image content type, or an image format that is not decoded), 503 (overloaded),
-500 (anything else; the message never carries a traceback, the replica log does).
+configured), 408 (a body that arrives too slowly), 413 (body or pixel count over the limits), 415 (not
+an image content type, or an image format that is not decoded), 431 (headers over the limit), 503
+(overloaded), 500 (anything else; the message never carries a traceback, the replica log does). A
+client that goes away before its answer is counted as 499 in ``/v1/stats`` (nginx's "client closed
+request") and logged in one line.
+
+Slow clients: the ingress holds a request in one of Serve's ``max_ongoing_requests`` slots until it
+answers, and Serve's proxy queues everything beyond them, ``/healthz`` included. So the image routes
+take at most ``ingress.max_ongoing_requests - ingress.reserved_requests`` slots (503 at once beyond),
+and a body must arrive within ``limits.body_timeout_s`` and, after ``limits.body_grace_s``, at
+``limits.body_min_bytes_per_s`` or more (408 otherwise): stalled uploads cannot take the slots that
+``/healthz`` and the stats need, and free their own slots soon.
 
 Built from a :class:`~ocrjobs.serve.config.ServeConfig` by :func:`build_app`, the application builder
 named in ``configs/serve.yaml`` (``serve run configs/serve.yaml``, ``serve deploy``, ``ocrjobs serve``).
@@ -39,6 +48,7 @@ named in ``configs/serve.yaml`` (``serve run configs/serve.yaml``, ``serve deplo
 # No ``from __future__ import annotations`` here: FastAPI reads the route signatures that Serve's
 # class-based view rewrites, and string annotations there would not be resolved.
 import asyncio
+import contextlib
 import functools
 import hmac
 import logging
@@ -46,7 +56,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -56,15 +66,17 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve import Application
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from ocrjobs import __version__
 from ocrjobs.images import ImageDecodeError, decode_image
 from ocrjobs.pipeline import OcrLine, join_text
 from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, run_ensemble_async
-from ocrjobs.serve.config import DetectorConfig, MemberConfig, ServeConfig
+from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
 
 __all__ = ["BatchStats", "Detection", "Detector", "OcrApi", "Recognizer", "api", "build_app"]
 
@@ -375,14 +387,20 @@ _DECODE_STATUS = {
     "unsupported": 415,
 }
 _FILE_FIELD = "file"
+# What a route sees when its client has gone, whichever comes first: Starlette's disconnect message,
+# or Serve cancelling the request and with it the pending call for the next body chunk or a model.
+_CLIENT_GONE = (ClientDisconnect, RequestCancelledError, TaskCancelledError)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text}
     for code, text in {
         400: "empty, undecodable or malformed upload",
         401: "bearer token missing or wrong (only when a token is configured)",
+        408: "body not complete within limits.body_timeout_s, or slower than limits.body_min_bytes_per_s",
         413: "body larger than limits.max_body_bytes, or image larger than limits.max_pixels",
         415: "not an image/* or multipart/form-data upload, or an image format that is not decoded",
-        503: "overloaded or a model deployment is unavailable",
+        431: "request headers larger than limits.max_header_bytes",
+        503: "overloaded (every image-request slot of the ingress is taken) or a model deployment is "
+        "unavailable",
     }.items()
 }
 _IMAGE_BODY = {
@@ -415,10 +433,56 @@ _bearer = HTTPBearer(auto_error=False, description="required when the service ha
 _STATUS_COUNTS: Counter[str] = Counter()  # per ingress replica process: "<path> <status>" -> responses
 
 
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": "Bearer"},
+    # The rest of the body is never read, so the connection cannot carry another request.
+    408: {"Connection": "close"},
+    413: {"Connection": "close"},
+    431: {"Connection": "close"},
+    503: {"Retry-After": "1"},
+}
+# Set by each ingress replica from its config (_use_limits): middleware runs outside the routes and
+# cannot reach the replica's config otherwise.
+_MIDDLEWARE_LIMITS = {"max_header_bytes": LimitsConfig().max_header_bytes}
+
+
+def _use_limits(limits: LimitsConfig) -> None:
+    # A module function, so that Serve's by-value copy of the ingress class sets this module's dict
+    # (see _response_counts).
+    _MIDDLEWARE_LIMITS["max_header_bytes"] = limits.max_header_bytes
+
+
+def _error_response(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": error, "detail": detail}, status_code=status, headers=_ERROR_HEADERS.get(status)
+    )
+
+
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status, headers=headers)
+    return _error_response(exc.status, exc.error, exc.detail)
+
+
+class _HeaderLimit:
+    """ASGI middleware answering 431 on any route when the header lines exceed
+    ``limits.max_header_bytes`` (Serve's proxy, uvicorn with httptools, takes headers of any size)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            limit = _MIDDLEWARE_LIMITS["max_header_bytes"]
+            # Each header line is "name: value\r\n" on the wire.
+            size = sum(len(name) + len(value) + 4 for name, value in scope.get("headers", ()))
+            if size > limit:
+                logger.info("refused %d bytes of request headers (limit %d)", size, limit)
+                response = _error_response(
+                    431, "headers_too_large", f"request headers of {size} bytes exceed {limit} bytes"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class _StatusCounter:
@@ -436,16 +500,28 @@ class _StatusCounter:
         if root and path.startswith(root):  # under a route prefix
             path = path[len(root) :]
         key = path if path in _COUNTED_PATHS else "other"
+        started = False
 
         async def counting_send(message: dict[str, Any]) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 _STATUS_COUNTS[f"{key} {message['status']}"] += 1
             await send(message)
 
-        await self.app(scope, receive, counting_send)
+        try:
+            await self.app(scope, receive, counting_send)
+        except asyncio.CancelledError:
+            # Serve cancels the request when its client disconnects (and logs that in one line):
+            # counted as nginx's 499 "client closed request", not as an error of the service.
+            if not started:
+                _STATUS_COUNTS[f"{key} 499"] += 1
+            raise
 
 
 _COUNTED_PATHS = frozenset({"/healthz", "/v1/ocr", "/v1/recognize", "/v1/latex", "/v1/models", "/v1/stats"})
+# The last added runs first: the counter also sees the 431 answers.
+api.add_middleware(_HeaderLimit)
 api.add_middleware(_StatusCounter)
 
 
@@ -465,12 +541,46 @@ def _guarded(route: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
             return await route(*args, **kwargs)
         except ApiError:
             raise
+        except _CLIENT_GONE as exc:
+            logger.info("%s: the client disconnected (%s)", route.__name__, type(exc).__name__)
+            raise ApiError(499, "client_disconnected", "the client closed the connection") from None
         except (BackPressureError, DeploymentUnavailableError) as exc:
             logger.warning("%s: %s", route.__name__, type(exc).__name__)
             raise ApiError(503, "overloaded", "the service is overloaded; retry later") from None
         except Exception:
             logger.exception("%s failed", route.__name__)
             raise ApiError(500, "internal", "internal error; the service log has the details") from None
+
+    return wrapper
+
+
+class _Slots:
+    """The image requests one ingress replica holds; beyond ``size`` they are refused, not queued."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+
+    @contextlib.contextmanager
+    def take(self) -> Iterator[None]:
+        """Hold a slot for the ``with`` block (503 ``overloaded`` at once when none is free)."""
+        if self.used >= self.size:
+            raise ApiError(503, "overloaded", f"{self.size} image requests are in progress; retry later")
+        self.used += 1
+        try:
+            yield
+        finally:
+            self.used -= 1
+
+
+def _image_route(route: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Hold one of the ingress's image-request slots from the first byte read to the answer."""
+
+    @functools.wraps(route)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> R:
+        # ``self`` by name: FastAPI passes every parameter of the (rewritten) route as a keyword.
+        with self._slots.take():
+            return await route(self, *args, **kwargs)
 
     return wrapper
 
@@ -531,6 +641,15 @@ class OcrApi:
         self._token = (os.environ.get(env) or "") if env else ""
         self._versions: ModelVersions | None = None
         self._formula_versions: ModelVersions | None = None
+        # Why a cap below max_ongoing_requests rather than a longer queue: Serve's proxy routes every
+        # request of this app, /healthz included, through the same max_ongoing_requests slots and
+        # queues the rest. Uploads hold a slot for as long as their client takes to send the body, so
+        # without a cap a few hundred stalled uploads stop the whole app (66 did at the old 64). With
+        # it, reserved_requests slots stay free for /healthz and the stats, a full house is a 503 at
+        # once (the client can retry elsewhere), and the body deadline and minimum rate free the slots
+        # of stalled clients within limits.body_grace_s.
+        self._slots = _Slots(self.config.ingress.max_image_requests)
+        _use_limits(self.config.limits)
 
     # ---------------------------------------------------------------- input
 
@@ -544,8 +663,9 @@ class OcrApi:
             raise ApiError(401, "unauthorized", "send the service token as 'Authorization: Bearer <token>'")
 
     async def _read_body(self, request: Request) -> tuple[str, bytes]:
-        """(media type, body) after the content-type and size checks."""
-        limit = self.config.limits.max_body_bytes
+        """(media type, body) after the content-type and size checks, read within the time limits."""
+        limits = self.config.limits
+        limit = limits.max_body_bytes
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not (media.startswith("image/") or media == "multipart/form-data"):
             raise ApiError(
@@ -561,12 +681,48 @@ class OcrApi:
             if int(declared) > limit:
                 raise ApiError(413, "body_too_large", f"body of {int(declared)} bytes exceeds {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():  # also bounds bodies sent without Content-Length
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
-            chunks.append(chunk)
+        start = time.monotonic()
+        stream = request.stream()
+        try:
+            while True:
+                # A client that stalls sends nothing to react to: each wait ends where the body
+                # would become too slow (the deadline, or the mean rate falling below the minimum).
+                wait = limits.body_wait_s(size, time.monotonic() - start)
+                try:
+                    if wait <= 0:
+                        raise TimeoutError
+                    async with asyncio.timeout(wait):
+                        chunk = await anext(stream)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise self._too_slow(size, declared, time.monotonic() - start) from None
+                size += len(chunk)
+                if size > limit:  # also bounds bodies sent without Content-Length
+                    raise ApiError(413, "body_too_large", f"body exceeds {limit} bytes")
+                chunks.append(chunk)
+        except _CLIENT_GONE:
+            # Routine on mobile networks: one line, no traceback, and a 499 in /v1/stats, not a 500.
+            logger.info("the client disconnected after %d of %s body bytes", size, declared or "?")
+            raise ApiError(499, "client_disconnected", "the client closed the connection") from None
+        finally:
+            await stream.aclose()
         return media, b"".join(chunks)
+
+    def _too_slow(self, size: int, declared: str | None, elapsed: float) -> ApiError:
+        """The 408 for a body that broke the deadline or the minimum rate after ``size`` bytes."""
+        limits = self.config.limits
+        rate = (
+            f", and at least {limits.body_min_bytes_per_s:g} bytes/s after {limits.body_grace_s:g} s"
+            if limits.body_min_bytes_per_s > 0
+            else ""
+        )
+        detail = (
+            f"the body was not complete after {elapsed:.1f} s ({size} of {declared or '?'} bytes); "
+            f"it must arrive within {limits.body_timeout_s:g} s{rate}"
+        )
+        logger.info("408: %s", detail)
+        return ApiError(408, "body_timeout", detail)
 
     async def _file_part(self, request: Request, body: bytes) -> bytes:
         """The ``file`` part of a multipart body that has already passed the size limit."""
@@ -632,6 +788,8 @@ class OcrApi:
     @api.get("/healthz", response_model=Health)
     async def healthz(self) -> Health:
         """Liveness: the ingress answers (no auth, for load balancers and probes)."""
+        # No body is read and no image slot taken: uploads, however slow, leave
+        # ingress.reserved_requests slots for this route (see _Slots in __init__).
         return Health(status="ok")
 
     @api.post(
@@ -642,6 +800,7 @@ class OcrApi:
         dependencies=[Depends(_bearer)],
     )
     @_guarded
+    @_image_route
     async def ocr(self, request: Request) -> OcrResponse:
         """Detect the text lines of a page and read each with the recognizer ensemble."""
         image = await self._image(request)
@@ -676,6 +835,7 @@ class OcrApi:
         dependencies=[Depends(_bearer)],
     )
     @_guarded
+    @_image_route
     async def recognize(self, request: Request) -> RecognizeResponse:
         """Read one text-line crop with the ensemble; every member's reading and score is included."""
         crop = await self._image(request)
@@ -690,6 +850,7 @@ class OcrApi:
         dependencies=[Depends(_bearer)],
     )
     @_guarded
+    @_image_route
     async def latex(self, request: Request) -> RecognizeResponse:
         """Read one formula image as LaTeX (im2latex-style tokens separated by spaces) with the formula
         ensemble; every member's reading and score is included."""
@@ -747,8 +908,9 @@ class OcrApi:
     @api.get("/v1/stats", responses=_ERRORS, dependencies=[Depends(_bearer)])
     @_guarded
     async def stats(self, request: Request) -> dict[str, Any]:
-        """Responses by route and status (this ingress replica) and batch-size histograms (one replica
-        of each model deployment: with several replicas, each call may reach a different one)."""
+        """Responses by route and status (499: the client went away), the image requests in progress
+        (this ingress replica) and batch-size histograms (one replica of each model deployment: with
+        several replicas, each call may reach a different one)."""
         self._authorize(request)
         named = [(f"Recognizer_{m.name}", m) for m in self.members]
         named += [(f"Formula_{m.name}", m) for m in self.formulas]
@@ -758,7 +920,11 @@ class OcrApi:
         deployments = {"Detector": detector}
         for (name, _), member_stats in zip(named, stats, strict=True):
             deployments[name] = member_stats
-        return {"responses": _response_counts(), "deployments": deployments}
+        return {
+            "responses": _response_counts(),
+            "image_requests": {"in_progress": self._slots.used, "limit": self._slots.size},
+            "deployments": deployments,
+        }
 
 
 # ------------------------------------------------------------------------------------ builder

@@ -230,24 +230,80 @@ class IngressConfig(_DeploymentSettings):
 
     It mostly awaits the model deployments, so one replica takes many requests at once; its CPU use
     is decoding the uploaded images.
+
+    Attributes:
+        max_ongoing_requests: requests one replica holds at once. Serve's proxy queues every request
+            beyond it, ``/healthz`` included, so image requests may take only
+            ``max_ongoing_requests - reserved_requests`` of them (more get 503 at once).
+        reserved_requests: slots the image routes never take: ``/healthz``, ``/v1/models`` and
+            ``/v1/stats`` always find a free one, however many uploads are open.
     """
 
     num_cpus: float = Field(default=0.25, ge=0)
-    max_ongoing_requests: int = Field(default=64, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    reserved_requests: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _room_for_images(self) -> IngressConfig:
+        if self.reserved_requests >= self.max_ongoing_requests:
+            raise ValueError(
+                f"reserved_requests ({self.reserved_requests}) must be below max_ongoing_requests "
+                f"({self.max_ongoing_requests}): nothing would be left for image requests"
+            )
+        return self
+
+    @property
+    def max_image_requests(self) -> int:
+        """Image requests (``/v1/ocr``, ``/v1/recognize``, ``/v1/latex``) one replica takes at once."""
+        return self.max_ongoing_requests - self.reserved_requests
 
 
 class LimitsConfig(StrictModel):
-    """What a request may contain.
+    """What a request may contain, and how slowly it may arrive.
 
     Attributes:
         max_body_bytes: largest request body; larger ones get 413, decided from ``Content-Length``
             before the body is read (a body without one is read only up to the limit).
         max_pixels: largest ``width * height``; checked from the image header before any pixel
             buffer is allocated (decompression bombs get 413 without being decoded).
+        max_header_bytes: largest total size of the request's header lines (names, values and their
+            separators); larger ones get 431 on every route.
+        body_timeout_s: the whole body must arrive within this many seconds of the ingress starting
+            to read it, else 408.
+        body_min_bytes_per_s: after ``body_grace_s``, the body must keep arriving at this mean rate
+            (bytes received / seconds since reading began), else 408 at once; a client that stalls
+            is answered when its mean rate falls below it. 0 turns the rate check off.
+        body_grace_s: seconds from the start of the read during which the rate is not checked
+            (connection set-up, a slow first packet).
     """
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    body_min_bytes_per_s: float = Field(default=1024.0, ge=0)
+    body_grace_s: float = Field(default=10.0, ge=0)
+
+    def body_wait_s(self, received: int, elapsed: float) -> float:
+        """How long the ingress may wait for the next chunk of a body before answering 408.
+
+        Args:
+            received: body bytes received so far.
+            elapsed: seconds since the read began.
+
+        Returns:
+            Seconds until the body deadline or until the mean rate falls below
+            ``body_min_bytes_per_s`` (after the grace period), whichever comes first; ``<= 0``: too
+            slow already.
+
+        >>> LimitsConfig(body_timeout_s=60, body_min_bytes_per_s=1000, body_grace_s=5).body_wait_s(8000, 2)
+        6.0
+        """
+        until = self.body_timeout_s
+        if self.body_min_bytes_per_s > 0:
+            # rate = received / t >= min  <=>  t <= received / min; never before the grace ends.
+            until = min(until, max(self.body_grace_s, received / self.body_min_bytes_per_s))
+        return until - elapsed
 
 
 class AuthConfig(StrictModel):

@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ TOKEN = "test-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 300_000
 MAX_PIXELS = 2_000_000
+# A stalled upload is answered 408 once its mean rate falls under the minimum, after this grace.
+BODY_GRACE_S = 6.0
 FONT = matplotlib.get_data_path() + "/fonts/ttf/DejaVuSans.ttf"
 
 
@@ -170,7 +174,13 @@ def service(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "members": [{"model": crnn, **batching}, {"model": aster, **batching}],
         "formulas": [{"model": small, "num_cpus": 0.05}, {"model": large, "num_cpus": 0.05}],
         "ingress": {"num_cpus": 0.1, "env_vars": {TOKEN_ENV: TOKEN}},
-        "limits": {"max_body_bytes": MAX_BODY, "max_pixels": MAX_PIXELS},
+        "limits": {
+            "max_body_bytes": MAX_BODY,
+            "max_pixels": MAX_PIXELS,
+            "body_timeout_s": 20.0,
+            "body_grace_s": BODY_GRACE_S,
+            "body_min_bytes_per_s": 1024,
+        },
         "auth": {"token_env": TOKEN_ENV},
     }
     serve.run(build_app(args), name="tiny", route_prefix="/tiny")
@@ -377,6 +387,138 @@ def test_the_service_keeps_answering_after_bad_inputs(client: httpx.Client, page
     counts = client.get("/v1/stats").json()["responses"]
     assert counts.get("/v1/ocr 415", 0) >= 3 and counts.get("/v1/ocr 200", 0) >= 1
     assert not [key for key in counts if key.endswith(" 500")]
+
+
+# ---------------------------------------------------------------- slow, large and vanishing clients
+
+
+def _half_sent_upload(service: str, declared: int = 50_000, sent: int = 100) -> socket.socket:
+    """A raw connection that sends a ``/v1/ocr`` request's headers and ``sent`` of its ``declared``
+    body bytes, then stalls."""
+    url = httpx.URL(service)
+    sock = socket.create_connection((url.host, url.port), timeout=30)
+    head = (
+        f"POST {url.path}/v1/ocr HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nContent-Type: image/png\r\nContent-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + b"\0" * sent)
+    return sock
+
+
+def _answer(sock: socket.socket, timeout: float) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the response on a raw connection."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    while True:
+        head, sep, body = data.partition(b"\r\n\r\n")
+        if sep:
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            assert length, head
+            if len(body) >= int(length.group(1)):
+                return int(head.split()[1]), json.loads(body[: int(length.group(1))])
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+
+
+def _in_progress(service: str) -> int | None:
+    """Image requests the ingress holds now (``None``: /v1/stats does not say or does not answer)."""
+    try:
+        stats = httpx.get(f"{service}/v1/stats", headers=AUTH, timeout=5).json()
+    except httpx.TimeoutException:
+        return None
+    return stats.get("image_requests", {}).get("in_progress")
+
+
+def _responses(service: str) -> dict[str, int]:
+    return httpx.get(f"{service}/v1/stats", headers=AUTH, timeout=5).json()["responses"]
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll the server's state until ``condition()`` holds; whether it did within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _healthz_seconds(service: str) -> float:
+    """How long ``/healthz`` took to answer 200 (inf: no answer within 5 s)."""
+    start = time.perf_counter()
+    try:
+        response = httpx.get(f"{service}/healthz", timeout=5)
+    except httpx.TimeoutException:
+        return float("inf")
+    assert response.status_code == 200, response.text
+    return time.perf_counter() - start
+
+
+def test_stalled_uploads_neither_starve_healthz_nor_hold_their_slots(
+    service: str, client: httpx.Client, page_png: bytes
+) -> None:
+    png = {"Content-Type": "image/png"}
+    uploads = [_half_sent_upload(service) for _ in range(200)]
+    try:
+        # Once the ingress holds all 200 (each waiting for its body) ...
+        held = _wait_for(lambda: _in_progress(service) == 200)
+        # ... /healthz still answers at once, and a whole request is read and answered.
+        assert _healthz_seconds(service) < 1.0
+        response = client.post("/v1/ocr", content=page_png, headers=png)
+        assert response.status_code == 200, response.text
+        assert held, f"the ingress holds {_in_progress(service)} uploads, not 200"
+
+        # With every image slot taken (default: 256 ongoing requests, 16 reserved for the other
+        # routes), an upload is refused at once; /healthz is still unaffected.
+        limit = httpx.get(f"{service}/v1/stats", headers=AUTH).json()["image_requests"]["limit"]
+        assert limit == 240
+        uploads += [_half_sent_upload(service) for _ in range(limit - 200)]
+        assert _wait_for(lambda: _in_progress(service) == limit)
+        start = time.perf_counter()
+        refused = client.post("/v1/ocr", content=page_png, headers=png)
+        assert time.perf_counter() - start < 1.0
+        assert refused.status_code == 503 and refused.json()["error"] == "overloaded"
+        assert refused.headers["retry-after"] == "1"
+        assert _healthz_seconds(service) < 1.0
+
+        # Stalled uploads get 408 once their mean rate is under the minimum, and free their slots.
+        for sock in uploads:
+            status, body = _answer(sock, timeout=BODY_GRACE_S + 20)
+            assert (status, body["error"]) == (408, "body_timeout"), body
+        assert "bytes/s" in body["detail"]
+        assert _wait_for(lambda: _in_progress(service) == 0)
+    finally:
+        for sock in uploads:
+            sock.close()
+    response = client.post("/v1/ocr", content=page_png, headers=png)
+    assert response.status_code == 200, response.text
+
+
+def test_headers_over_the_limit_get_431(service: str) -> None:
+    big = {"X-Padding": "a" * 20_000}  # over the default 16 KiB
+    for method, path in (("GET", "/healthz"), ("POST", "/v1/ocr"), ("GET", "/v1/stats")):
+        response = httpx.request(method, f"{service}{path}", headers={**AUTH, **big}, timeout=30)
+        assert response.status_code == 431, (path, response.text)
+        assert response.json()["error"] == "headers_too_large"
+    assert httpx.get(f"{service}/healthz", headers={"X-Padding": "a" * 8_000}).status_code == 200
+    assert _responses(service).get("/healthz 431", 0) >= 1
+
+
+def test_a_client_that_disconnects_mid_body_is_counted_as_a_disconnect(service: str) -> None:
+    before = _responses(service)
+    sock = _half_sent_upload(service)
+    held = _wait_for(lambda: _in_progress(service) == 1)
+    sock.close()
+
+    def changed(code: str) -> bool:
+        return _responses(service).get(f"/v1/ocr {code}", 0) > before.get(f"/v1/ocr {code}", 0)
+
+    _wait_for(lambda: changed("499") or changed("500"))
+    assert not changed("500"), "a client disconnect was counted as a server error"
+    assert changed("499")
+    assert held and _in_progress(service) == 0
 
 
 # ---------------------------------------------------------------- batching and fuzzing

@@ -10,7 +10,7 @@ import yaml
 
 from ocrjobs import cli
 from ocrjobs.config import ConfigError
-from ocrjobs.serve.config import APP_IMPORT_PATH, ServeConfig, read_serve_file
+from ocrjobs.serve.config import APP_IMPORT_PATH, LimitsConfig, ServeConfig, read_serve_file
 from tests.conftest import REPO_ROOT
 
 SERVE_YAML = REPO_ROOT / "configs" / "serve.yaml"
@@ -86,6 +86,14 @@ def test_defaults_and_deployment_options() -> None:
         ),
         ({"detector": {"max_ongoing_requests": 2, "max_batch_size": 4}}, "never hold a full batch"),
         ({"limits": {"max_pixels": 0}}, "field 'limits.max_pixels'"),
+        ({"limits": {"max_header_bytes": 100}}, "field 'limits.max_header_bytes'"),
+        ({"limits": {"body_timeout_s": 0}}, "field 'limits.body_timeout_s'"),
+        ({"limits": {"body_min_bytes_per_s": -1}}, "field 'limits.body_min_bytes_per_s'"),
+        ({"limits": {"body_grace_s": -1}}, "field 'limits.body_grace_s'"),
+        (
+            {"ingress": {"max_ongoing_requests": 16, "reserved_requests": 16}},
+            "reserved_requests (16) must be below max_ongoing_requests (16)",
+        ),
         ({"auth": {"token": "abc"}}, "looks like a credential"),
     ],
 )
@@ -93,6 +101,48 @@ def test_invalid_args_name_the_field(args: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         ServeConfig.from_args(args)
     assert message in str(info.value)
+
+
+def test_slow_client_defaults_and_the_shipped_file_agree() -> None:
+    _, _, shipped = read_serve_file(SERVE_YAML)
+    default = ServeConfig.from_args({})
+    assert shipped.limits == default.limits
+    limits = default.limits
+    assert (limits.max_header_bytes, limits.body_timeout_s) == (16 * 1024, 60.0)
+    assert (limits.body_min_bytes_per_s, limits.body_grace_s) == (1024.0, 10.0)
+    for ingress in (shipped.ingress, default.ingress):
+        assert (ingress.max_ongoing_requests, ingress.reserved_requests) == (256, 16)
+        assert ingress.max_image_requests == 240
+        assert ingress.deployment_options()["max_ongoing_requests"] == 256
+    # The manifest's ingress keeps its own max_ongoing_requests and the default reserve.
+    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    (app,) = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"]
+    assert ServeConfig.from_args(app["args"]).ingress.max_image_requests == 128 - 16
+
+
+@pytest.mark.parametrize(
+    ("received", "elapsed", "wait"),
+    [
+        (0, 0.0, 5.0),  # nothing yet: the grace period
+        (100, 4.0, 1.0),  # still in the grace period
+        (100, 5.0, 0.0),  # a stalled client: answered when the grace ends
+        (8_000, 2.0, 6.0),  # 8000 bytes at 1000 bytes/s last until t = 8 s
+        (8_000, 9.0, -1.0),  # under the minimum rate already
+        (10**6, 30.0, 30.0),  # fast, but the whole-body deadline still holds
+        (10**6, 61.0, -1.0),
+    ],
+)
+def test_body_wait_ends_at_the_deadline_or_when_the_rate_falls_under_the_minimum(
+    received: int, elapsed: float, wait: float
+) -> None:
+    limits = LimitsConfig(body_timeout_s=60, body_min_bytes_per_s=1000, body_grace_s=5)
+    assert limits.body_wait_s(received, elapsed) == pytest.approx(wait)
+
+
+def test_a_zero_minimum_rate_leaves_only_the_deadline() -> None:
+    limits = LimitsConfig(body_timeout_s=60, body_min_bytes_per_s=0, body_grace_s=5)
+    assert limits.body_wait_s(0, 30.0) == pytest.approx(30.0)
+    assert limits.body_wait_s(0, 60.0) <= 0
 
 
 def test_overrides_reach_nested_sections_and_list_items(tmp_path: Path) -> None:
