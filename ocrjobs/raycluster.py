@@ -3,13 +3,72 @@
 ``ray job submit`` and ``RAY_ADDRESS`` name a cluster: we connect to it. Otherwise a job starts its own
 local Ray without the dashboard: the dashboard agent's start-up can exceed the raylet's fixed 30 s wait
 on a busy small machine (RAY_NOTES), and a job that only runs locally never needs it.
+
+Jobs size their tasks and actors from :func:`alive_nodes` (what each node has), not from
+``ray.cluster_resources()``: a total of 3 CPUs on three 1-CPU nodes cannot host one actor of 1.25 CPU,
+and Ray then waits for such an actor forever.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["ensure_ray"]
+__all__ = ["NodeResources", "alive_nodes", "describe_nodes", "ensure_ray"]
+
+
+@dataclass(frozen=True)
+class NodeResources:
+    """What one alive node offers to tasks and actors.
+
+    Attributes:
+        node_id: Ray's node id (hex).
+        address: the node's IP address.
+        cpus: its ``CPU`` resource.
+        gpus: its ``GPU`` resource.
+    """
+
+    node_id: str
+    address: str
+    cpus: float
+    gpus: float = 0.0
+
+
+def alive_nodes(entries: Iterable[Mapping[str, Any]] | None = None) -> list[NodeResources]:
+    """The alive nodes of the cluster, largest (CPUs, then GPUs) first.
+
+    Args:
+        entries: ``ray.nodes()`` entries; ``None`` asks the connected cluster.
+
+    Returns:
+        One :class:`NodeResources` per alive node (dead nodes stay in ``ray.nodes()`` for a while).
+    """
+    if entries is None:
+        import ray
+
+        entries = ray.nodes()
+    nodes = [
+        NodeResources(
+            node_id=str(entry.get("NodeID", "")),
+            address=str(entry.get("NodeManagerAddress", "")),
+            cpus=float(entry.get("Resources", {}).get("CPU", 0.0)),
+            gpus=float(entry.get("Resources", {}).get("GPU", 0.0)),
+        )
+        for entry in entries
+        if entry.get("Alive", False)
+    ]
+    return sorted(nodes, key=lambda n: (n.cpus, n.gpus), reverse=True)
+
+
+def describe_nodes(nodes: Sequence[NodeResources]) -> str:
+    """``"3 alive nodes: 2 CPU, 1 CPU, 1 CPU + 1 GPU"`` (for logs and error messages)."""
+    if not nodes:
+        return "no alive nodes"
+    parts = [f"{n.cpus:g} CPU" + (f" + {n.gpus:g} GPU" if n.gpus else "") for n in nodes]
+    shown = ", ".join(parts[:8]) + (f", ... ({len(parts) - 8} more)" if len(parts) > 8 else "")
+    return f"{len(nodes)} alive node{'s' if len(nodes) != 1 else ''}: {shown}"
 
 
 def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> bool:

@@ -38,6 +38,7 @@ import threading
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ocrjobs.config import StorageConfig
@@ -51,6 +52,7 @@ __all__ = [
     "AccessDeniedError",
     "BucketNotFoundError",
     "EndpointUnreachableError",
+    "InputListing",
     "ObjectNotFoundError",
     "StorageError",
     "basename",
@@ -68,20 +70,50 @@ __all__ = [
     "read_manifest",
     "read_text",
     "resolve_inputs",
+    "scan_inputs",
     "size",
+    "temporary_target",
     "write_bytes",
     "write_text",
 ]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# Every file name ending that ocrjobs.images.decode_image reads (its SUPPORTED_FORMATS, as Pillow names
+# their files; a unit test keeps the two in step). Listed here, not derived, so that listing inputs
+# does not import Pillow.
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".jpe",
+    ".jfif",
+    ".mpo",
+    ".png",
+    ".apng",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".jp2",
+    ".j2k",
+    ".j2c",
+    ".jpc",
+    ".jpf",
+    ".jpx",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
 MANIFEST_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".txt", ".lst")
 
 URI = str | os.PathLike[str]
 T = TypeVar("T")
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+# ".{name}.{12 hex}.tmp": the temporary file of an atomic local write of {name}, beside it.
+_TEMP_RE = re.compile(r"^\.(?P<target>.+)\.[0-9a-f]+\.tmp$")
 _S3_PAGE = 1000  # S3's maximum keys per list page and per DeleteObjects call
 _MAX_POOL_CONNECTIONS = 32
 
@@ -419,11 +451,31 @@ def read_text(uri: URI, config: StorageConfig | None = None, encoding: str = "ut
     return read_bytes(uri, config).decode(encoding)
 
 
-def _atomic_write_local(path: str, data: bytes | bytearray | memoryview) -> None:
-    """Write via a temp file in the same folder + ``os.replace``: readers never see a partial file."""
+def _temp_path(path: str) -> str:
+    """A fresh temporary name beside ``path`` (hidden, so listings by suffix never pick it up)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+    return os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name whose atomic local write left the temporary file ``name``, else ``None``.
+
+    A process killed between creating and renaming the temporary file leaves it behind; callers that
+    own a folder (the bulk job's output) delete such files on their next run.
+
+    >>> temporary_target(".part-000001-1f2e3d4c.parquet.0a1b2c3d4e5f.tmp")
+    'part-000001-1f2e3d4c.parquet'
+    >>> temporary_target("part-000001-1f2e3d4c.parquet") is None
+    True
+    """
+    match = _TEMP_RE.match(name)
+    return match.group("target") if match else None
+
+
+def _atomic_write_local(path: str, data: bytes | bytearray | memoryview) -> None:
+    """Write via a temp file in the same folder + ``os.replace``: readers never see a partial file."""
+    tmp = _temp_path(path)
     # os.open with 0o666 lets the process umask decide the final mode, as a plain open() would.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -604,9 +656,7 @@ def delete_prefix(uri: URI, config: StorageConfig | None = None) -> int:
 
 
 def _atomic_copy_local(src: str, dst: str) -> None:
-    folder = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(dst)}.{secrets.token_hex(6)}.tmp")
+    tmp = _temp_path(dst)
     try:
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
@@ -896,12 +946,26 @@ def read_manifest(uri: URI, config: StorageConfig | None = None, column: str | N
     return [_resolve_entry(e, folder) for e in entries]
 
 
-def resolve_inputs(
+@dataclass(frozen=True)
+class InputListing:
+    """What an input spec names: the files to process and the listed files left out.
+
+    Attributes:
+        uris: the inputs (sorted for listings, in manifest order for manifests).
+        skipped: files a folder or glob listed whose name does not end in one of the suffixes asked
+            for (sorted); a manifest's entries are never skipped.
+    """
+
+    uris: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def scan_inputs(
     spec: URI,
     config: StorageConfig | None = None,
     suffixes: Sequence[str] | None = IMAGE_SUFFIXES,
-) -> list[str]:
-    """Turn what a user passed as input into the list of files to process.
+) -> InputListing:
+    """Turn what a user passed as input into the files to process, and say what was left out.
 
     Args:
         spec: a manifest (a file ending in ``.parquet``/``.csv``/``.txt``/``.lst``), a glob, or a
@@ -911,7 +975,7 @@ def resolve_inputs(
             everything. Manifest entries are taken as they are.
 
     Returns:
-        Sorted URIs for listings, manifest order for manifests.
+        The inputs and the skipped files.
 
     Raises:
         ObjectNotFoundError: nothing matched (the message says what was found and what to pass).
@@ -921,7 +985,7 @@ def resolve_inputs(
         entries = read_manifest(s, config)
         if not entries:
             raise ObjectNotFoundError(f"manifest {s} lists no inputs", s)
-        return entries
+        return InputListing(entries)
     listed = list_files(s, config)
     kept = [u for u in listed if _has_suffix(u, suffixes)]
     if not kept:
@@ -935,7 +999,23 @@ def resolve_inputs(
             f"'s3://bucket/images/**/*.jpg', or a manifest ({', '.join(MANIFEST_SUFFIXES)})",
             s,
         )
-    return kept
+    return InputListing(kept, [u for u in listed if not _has_suffix(u, suffixes)])
+
+
+def resolve_inputs(
+    spec: URI,
+    config: StorageConfig | None = None,
+    suffixes: Sequence[str] | None = IMAGE_SUFFIXES,
+) -> list[str]:
+    """The files to process for an input spec: :func:`scan_inputs` without the skipped files.
+
+    Returns:
+        Sorted URIs for listings, manifest order for manifests.
+
+    Raises:
+        ObjectNotFoundError: nothing matched (the message says what was found and what to pass).
+    """
+    return scan_inputs(spec, config, suffixes).uris
 
 
 def _is_file(uri: str, config: StorageConfig | None) -> bool:

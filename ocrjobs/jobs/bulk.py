@@ -36,6 +36,20 @@ rows leave the pipeline in many blocks from different workers in any order: gath
 needs a shuffle (which stops streaming), and ``write_parquet`` names files per block, not per shard,
 with no atomic commit of a whole shard. On the driver completeness is a count per shard, checked
 position by position against the shard's URI list before anything is written.
+
+Saved as it completes. The inputs enter Ray Data in blocks of at most one recognition batch, each
+block is one decode task, and the driver iterates without prefetching (``prefetch_batches=0``: with
+prefetch, Ray Data holds a finished block back until the next one exists). So rows reach the driver
+one recognition call at a time, and a shard is written as soon as the call holding its last image
+returns: a crash loses only the shards in flight. A killed driver can leave a temporary
+``.part-*.tmp`` beside a local output; the next run deletes it.
+
+Sized per node, watched for progress. Tasks and actors are sized from the largest alive node
+(``ray.nodes()``), never from cluster totals, and a config asking more than any node has is refused
+before anything runs (:func:`resolve_resources`, :func:`check_fits`). While the job runs, a watchdog
+stops it when no result row has reached the driver for ``progress_timeout_s`` (an actor that no node
+can host, e.g. one restarting after its node died): the finished shards are already written, the
+message says what is pending and what the cluster has, and a re-run resumes.
 """
 
 from __future__ import annotations
@@ -52,7 +66,7 @@ import re
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -60,7 +74,7 @@ from pydantic import Field, model_validator
 
 from ocrjobs import storage
 from ocrjobs.config import ConfigError, StorageConfig, StrictModel, dump_config, load_config, parse_overrides
-from ocrjobs.raycluster import ensure_ray
+from ocrjobs.raycluster import NodeResources, alive_nodes, describe_nodes, ensure_ray
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -72,11 +86,13 @@ __all__ = [
     "BulkConfig",
     "DecodeConfig",
     "ExportsConfig",
+    "PipelineStalledError",
     "PoolConfig",
     "Shard",
     "ShardCollector",
     "add_arguments",
     "build_dataset",
+    "check_fits",
     "config_from_args",
     "hocr_text",
     "jsonl_text",
@@ -89,6 +105,7 @@ __all__ = [
     "run_bulk",
     "scan_output",
     "shard_name",
+    "stale_temporaries",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,6 +120,11 @@ FORMATS: tuple[str, ...] = ("parquet", "jsonl", "hocr")
 _PART_RE = re.compile(r"^(part-\d{6}-[0-9a-f]{8})\.(parquet|jsonl|hocr)$")
 _CONFIG_FILE = "_config.yaml"
 _SUMMARY_FILE = "_summary.json"
+_JOB_FILES = (_CONFIG_FILE, _SUMMARY_FILE)
+# Exit code of a job stopped by the progress watchdog (config errors and unreachable storage give 2).
+EXIT_STALLED = 3
+# Skipped input files named in _summary.json (all of them are counted).
+_SKIPPED_NAMED = 1000
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -112,9 +134,10 @@ class DecodeConfig(StrictModel):
     """The read + decode stage (Ray tasks).
 
     Attributes:
-        num_cpus: CPUs reserved per decode task; ``None``: 1, or 0.25 on clusters of at most 4 CPUs
-            (so decode tasks and both actor pools fit at the same time).
-        batch_size: images per decode task.
+        num_cpus: CPUs reserved per decode task; ``None``: 1, or 0.25 when the largest node has at
+            most 4 CPUs (so decode tasks and both actor pools fit on it at the same time).
+        batch_size: images per decode task, at most the recognition ``batch_size`` (the images of a
+            decode task travel together to the driver, so smaller tasks reach it sooner).
         read_threads: objects each task reads concurrently.
     """
 
@@ -184,6 +207,8 @@ class BulkConfig(StrictModel):
         exports: extra output formats.
         stale_shards: what to do with part files of an earlier plan (other inputs, shard size or models):
             ``delete`` them, or stop with an ``error``.
+        progress_timeout_s: stop the job when no result row reaches the driver for this long (seconds;
+            ``None``: wait forever). Finished shards stay written and a re-run resumes.
         storage: S3 endpoint settings for ``s3://`` URIs.
     """
 
@@ -202,6 +227,7 @@ class BulkConfig(StrictModel):
     recognition: PoolConfig = Field(default_factory=PoolConfig)
     exports: ExportsConfig = Field(default_factory=ExportsConfig)
     stale_shards: Literal["delete", "error"] = "delete"
+    progress_timeout_s: float | None = Field(default=600.0, gt=0)
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="before")
@@ -220,20 +246,30 @@ def _fill(pool: PoolConfig, defaults: Mapping[str, Any]) -> PoolConfig:
     return PoolConfig(**values)
 
 
-def resolve_resources(config: BulkConfig, cluster: Mapping[str, float]) -> BulkConfig:
-    """Fill the resource fields left ``None`` from the cluster's resources.
+def _quarter_floor(cpus: float) -> float:
+    """``cpus`` rounded down to a quarter CPU (at least a quarter): short resource numbers in configs."""
+    return max(0.25, math.floor(cpus * 4) / 4)
 
-    GPU rules apply with ``device: cuda``, or with ``device: auto`` when the cluster has GPUs or a pool
-    sets ``num_gpus`` (an autoscaling cluster may have no GPU node yet): each GPU hosts one detection
-    and one recognition actor (``num_gpus: 0.5`` each, pools of 1 to ``#GPUs`` actors). Otherwise, on
-    at most 4 CPUs the decode tasks take 0.25 CPU and each pool one actor of ``(CPUs - 0.5) / 2`` CPUs,
-    so that decode tasks and both pools always fit together (a whole CPU per stage deadlocks a 2-CPU
-    machine); on more CPUs an eighth is left to decoding and the rest goes to actors of 2 CPUs (4 from
-    16 CPUs), 60% of them detecting.
+
+def resolve_resources(config: BulkConfig, nodes: Sequence[NodeResources]) -> BulkConfig:
+    """Fill the resource fields left ``None`` from what the cluster's nodes can host.
+
+    Every size comes from single nodes, never from cluster totals: a task or actor runs on one node,
+    and three 1-CPU nodes cannot host an actor of 1.25 CPU (Ray would wait for it forever).
+
+    GPU rules apply with ``device: cuda``, or with ``device: auto`` when a node has GPUs or a pool sets
+    ``num_gpus`` (an autoscaling cluster may have no GPU node yet): each GPU hosts one detection and one
+    recognition actor (``num_gpus: 0.5`` each; pools of 1 to ``#GPUs`` actors), which with one decode
+    task share their node's CPUs: 1 CPU each where a node has ``2 * GPUs + 1`` CPUs or more. Otherwise
+    the largest node sets the sizes: with at most 4 CPUs, decode tasks take 0.25 CPU and actors
+    ``(CPUs - 0.5) / 2``, so a decode task and one actor of each pool always fit on it (a whole CPU per
+    stage deadlocks a 2-CPU machine); with more, decode tasks take 1 CPU and actors 2 (4 from 16 CPUs).
+    Each node then counts the actors it can host beside its decode share (an eighth of its CPUs, at
+    least one task), and the pools may grow to the cluster's sum, 60% of it detecting.
 
     Args:
         config: the job's config.
-        cluster: ``ray.cluster_resources()``.
+        nodes: the alive nodes (:func:`ocrjobs.raycluster.alive_nodes`).
 
     Returns:
         A copy with every resource field set.
@@ -241,29 +277,36 @@ def resolve_resources(config: BulkConfig, cluster: Mapping[str, float]) -> BulkC
     Raises:
         ConfigError: ``device: cpu`` with a pool that sets ``num_gpus`` above 0.
     """
-    cpus, gpus = float(cluster.get("CPU", 0.0)), float(cluster.get("GPU", 0.0))
+    largest = max((n.cpus for n in nodes), default=0.0)
+    gpu_nodes = [n for n in nodes if n.gpus >= 1]
     asked_gpus = any((p.num_gpus or 0) > 0 for p in (config.detection, config.recognition))
     if config.device == "cpu" and asked_gpus:
         raise ConfigError("device: cpu contradicts detection/recognition num_gpus > 0; drop one of them")
-    if config.device == "cuda" or (config.device == "auto" and (gpus >= 1 or asked_gpus)):
-        if gpus < 1:
+    if config.device == "cuda" or (config.device == "auto" and (gpu_nodes or asked_gpus)):
+        if not gpu_nodes:
             log.warning("GPU stages on a cluster without GPUs (yet): the pools wait for GPU nodes to join")
-        decode_cpus = 1.0
-        pool = {"min_size": 1, "max_size": max(1, int(gpus)), "num_cpus": 1.0, "num_gpus": 0.5}
+        # The best GPU node's CPUs shared by its actors (two per GPU) and one decode task.
+        share = max((n.cpus / (2 * int(n.gpus) + 1) for n in gpu_nodes), default=1.0)
+        decode_cpus = min(1.0, _quarter_floor(share))
+        gpus = sum(int(n.gpus) for n in gpu_nodes)
+        pool = {"min_size": 1, "max_size": max(1, gpus), "num_cpus": decode_cpus, "num_gpus": 0.5}
         detection = {**pool, "batch_size": 16, "model_batch_size": 16}
         recognition = {**pool, "batch_size": 32, "model_batch_size": 256}
-    elif cpus <= 4:
+    elif largest <= 4:
         decode_cpus = 0.25
-        pool = {"min_size": 1, "max_size": 1, "num_cpus": max(0.25, (cpus - 0.5) / 2), "num_gpus": 0.0}
+        per_actor = _quarter_floor((largest - 0.5) / 2)
+        # Pairs (one actor of each pool) each node hosts beside a decode task.
+        pairs = sum(int((n.cpus - decode_cpus) // (2 * per_actor)) for n in nodes)
+        pool = {"min_size": 1, "max_size": max(1, pairs), "num_cpus": per_actor, "num_gpus": 0.0}
         detection = {**pool, "batch_size": 4, "model_batch_size": 4}
         recognition = {**pool, "batch_size": 8, "model_batch_size": 64}
     else:
         decode_cpus = 1.0
-        per_actor = 2.0 if cpus < 16 else 4.0
-        model_cpus = cpus - max(1.0, cpus // 8)
+        per_actor = 2.0 if largest < 16 else 4.0
+        actors = sum(int((n.cpus - max(1.0, n.cpus // 8)) // per_actor) for n in nodes)
         common = {"min_size": 1, "num_cpus": per_actor, "num_gpus": 0.0}
-        detection = {**common, "max_size": max(1, int(model_cpus * 0.6 // per_actor)), "batch_size": 4}
-        recognition = {**common, "max_size": max(1, int(model_cpus * 0.4 // per_actor)), "batch_size": 8}
+        detection = {**common, "max_size": max(1, int(actors * 0.6)), "batch_size": 4}
+        recognition = {**common, "max_size": max(1, int(actors * 0.4)), "batch_size": 8}
         detection["model_batch_size"], recognition["model_batch_size"] = 4, 64
     return config.model_copy(
         update={
@@ -272,6 +315,71 @@ def resolve_resources(config: BulkConfig, cluster: Mapping[str, float]) -> BulkC
             "recognition": _fill(config.recognition, recognition),
         }
     )
+
+
+def _stages(config: BulkConfig) -> list[tuple[str, str, float, float]]:
+    """``(name, unit, CPUs, GPUs)`` asked per task or actor by each stage of a resolved config."""
+    stages = [("decode", "task", config.decode.num_cpus or 0.0, 0.0)]
+    pools = [("recognition", config.recognition)]
+    if config.task == "ocr":
+        pools.insert(0, ("detection", config.detection))
+    stages += [(name, "actor", pool.num_cpus or 0.0, pool.num_gpus or 0.0) for name, pool in pools]
+    return stages
+
+
+def _asks(config: BulkConfig) -> str:
+    """What the stages ask, for messages: ``decode 0.25 CPU per task; detection 1-3 actors of ...``."""
+    parts = []
+    for name, unit, cpus, gpus in _stages(config):
+        what = f"{cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "")
+        if unit == "task":
+            parts.append(f"{name} {what} per task")
+        else:
+            pool = config.detection if name == "detection" else config.recognition
+            count = (
+                f"{pool.min_size}" if pool.min_size == pool.max_size else f"{pool.min_size}-{pool.max_size}"
+            )
+            parts.append(f"{name} {count} actor{'s' if pool.max_size != 1 else ''} of {what}")
+    return "; ".join(parts)
+
+
+def check_fits(config: BulkConfig, nodes: Sequence[NodeResources]) -> None:
+    """Refuse a config whose tasks or actors no alive node can host (Ray would wait for them forever).
+
+    A resource no node has at all (GPUs before the first GPU node joins, CPUs on a head without CPUs)
+    is waited for instead, with a warning: that is an autoscaling cluster that has yet to add the nodes.
+
+    Args:
+        config: a config passed through :func:`resolve_resources`.
+        nodes: the alive nodes.
+
+    Raises:
+        ConfigError: a stage asks more CPUs or GPUs per task/actor than any node has; the message names
+            the stage, what it asks and the largest node.
+    """
+    max_cpus = max((n.cpus for n in nodes), default=0.0)
+    max_gpus = max((n.gpus for n in nodes), default=0.0)
+    for name, unit, cpus, gpus in _stages(config):
+        if any(n.cpus >= cpus and n.gpus >= gpus for n in nodes):
+            continue
+        if (gpus > 0 and max_gpus == 0) or (cpus > 0 and max_cpus == 0):
+            log.warning(
+                "%s asks %g CPU + %g GPU per %s and no node has such resources yet (%s): "
+                "waiting for the autoscaler to add nodes",
+                name,
+                cpus,
+                gpus,
+                unit,
+                describe_nodes(nodes),
+            )
+            continue
+        field_names = f"{name}.num_cpus" + (f" / {name}.num_gpus" if gpus else "")
+        raise ConfigError(
+            f"{name} asks {cpus:g} CPU" + (f" + {gpus:g} GPU" if gpus else "") + f" per {unit}, more "
+            f"than any node has: the largest has {max_cpus:g} CPU and {max_gpus:g} GPU "
+            f"({describe_nodes(nodes)}). Lower {field_names} (or leave it null to size it from "
+            "the nodes), or add a larger node"
+        )
 
 
 def _stage_device(config: BulkConfig, pool: PoolConfig) -> str:
@@ -450,6 +558,10 @@ class ShardCollector:
         """Shards that have not received all their rows."""
         return sorted(self._shards.values(), key=lambda s: s.index)
 
+    def received(self, index: int) -> int:
+        """Rows received so far for an unfinished shard (0 for one not started or already released)."""
+        return self._rows[index]
+
 
 # ------------------------------------------------------------------------------------------- output
 
@@ -594,9 +706,7 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
 
     from ocrjobs.jobs.bulk_udfs import DetectStage, RecognizeStage, read_decode
 
-    items = [{"uri": uri, "shard": s.index, "position": p} for s in shards for p, uri in enumerate(s.uris)]
-    blocks = max(1, min(math.ceil(len(items) / config.decode.batch_size), 10_000))
-    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=blocks)
+    ds: ray.data.Dataset = ray.data.from_arrow(input_blocks(config, shards))
     ds = ds.map_batches(
         functools.partial(
             read_decode,
@@ -604,7 +714,10 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
             max_pixels=config.max_pixels,
             read_threads=config.decode.read_threads,
         ),
-        batch_size=config.decode.batch_size,
+        # One task per input block. A batch size would make Ray Data join blocks until it is reached:
+        # with 60 inputs in 4 blocks of 15 and batches of 16, two tasks of 30 images, so nothing reached
+        # the driver until half of the job was done.
+        batch_size=None,
         batch_format="pyarrow",
         num_cpus=config.decode.num_cpus,
         udf_modifying_row_count=False,
@@ -630,6 +743,146 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
             udf_modifying_row_count=False,
         )
     return ds
+
+
+# Most input blocks a job creates: each is an object the driver puts into the object store.
+_MAX_INPUT_BLOCKS = 10_000
+
+
+def input_blocks(config: BulkConfig, shards: Sequence[Shard]) -> list[pa.Table]:
+    """The inputs of ``shards`` as the tables Ray Data starts from (``INPUT_SCHEMA``), in order.
+
+    Each block holds ``min(decode.batch_size, recognition.batch_size)`` rows (the last one fewer), or
+    more when that would make over 10,000 blocks. Rows keep their block through every stage, so a
+    recognition call returns whole blocks and the driver receives results a recognition batch at a
+    time instead of waiting for larger bundles.
+
+    Args:
+        config: a config passed through :func:`resolve_resources`.
+        shards: the shards to compute.
+
+    Returns:
+        The blocks; concatenated they list every input of the shards once.
+    """
+    import pyarrow as pa
+
+    from ocrjobs.jobs.bulk_udfs import INPUT_SCHEMA
+
+    uris = [uri for s in shards for uri in s.uris]
+    table = pa.Table.from_pydict(
+        {
+            "uri": uris,
+            "shard": [s.index for s in shards for _ in s.uris],
+            "position": [p for s in shards for p in range(len(s.uris))],
+        },
+        schema=INPUT_SCHEMA,
+    )
+    rows = min(config.decode.batch_size, config.recognition.batch_size or config.decode.batch_size)
+    rows = max(rows, math.ceil(len(uris) / _MAX_INPUT_BLOCKS), 1)
+    return [table.slice(start, rows) for start in range(0, max(len(uris), 1), rows)]
+
+
+class PipelineStalledError(RuntimeError):
+    """No result row reached the driver for ``progress_timeout_s``; the job was stopped.
+
+    Shards finished before are written; the message says what is pending and what the cluster has.
+    """
+
+
+class _NoProgress(Exception):
+    """Raised inside Ray Data's scheduling loop to stop a pipeline that has stopped delivering rows."""
+
+
+class _ProgressWatch:
+    """How long the driver has been waiting for the next result rows.
+
+    The driver calls :meth:`waiting` before asking for rows and :meth:`received` when they come; the
+    time it spends writing shards in between does not count against the pipeline.
+    :meth:`check` runs in Ray Data's scheduling loop (each step, a few times a second): raising there
+    fails the execution, which shuts down its tasks and actors and re-raises in the driver, the one way
+    to stop a pipeline whose driver is blocked waiting for a block that never comes.
+
+    Args:
+        timeout_s: seconds without rows after which :meth:`check` raises; ``None`` never.
+        clock: monotonic seconds (tests pass a fake).
+    """
+
+    def __init__(self, timeout_s: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._clock = clock
+        self._since: float | None = None
+
+    def waiting(self) -> None:
+        self._since = self._clock()
+
+    def received(self) -> None:
+        self._since = None
+
+    def waited(self) -> float:
+        """Seconds the driver has been waiting (0 while it is not)."""
+        since = self._since
+        return 0.0 if since is None else self._clock() - since
+
+    def check(self) -> None:
+        """Raise :class:`_NoProgress` when the driver has waited longer than the timeout."""
+        if self.timeout_s is not None and self.waited() > self.timeout_s:
+            raise _NoProgress(f"no result rows for {self.waited():.0f} s")
+
+
+def _watch(ds: ray.data.Dataset, watch: _ProgressWatch) -> None:
+    """Let ``watch`` stop the execution of ``ds`` (see :class:`_ProgressWatch`).
+
+    Ray Data calls execution callbacks from its scheduling loop; their class interface lives in
+    ``ray.data._internal`` (Ray is pinned to 2.60, and the integration tests exercise this path).
+    Ray Data's own no-progress guard is turned off: it counts blocks moving between stages, not rows
+    reaching the driver, and would otherwise override ``progress_timeout_s: null`` after 30 minutes.
+    """
+    from ray.data._internal.execution.execution_callback import ExecutionCallback
+
+    class _WatchCallback(ExecutionCallback):
+        def on_execution_step(self, executor: Any) -> None:
+            watch.check()
+
+    ds.context.custom_execution_callback_classes = [
+        *ds.context.custom_execution_callback_classes,
+        _WatchCallback,
+    ]
+    ds.context.execution_no_progress_timeout_s = -1
+
+
+def _cluster_now(start_nodes: Sequence[NodeResources]) -> str:
+    """The cluster's alive nodes, free resources and nodes lost since the start, for a stall message."""
+    import ray
+
+    if not ray.is_initialized():
+        return "unknown (not connected to Ray)"
+    nodes = alive_nodes()
+    free = ray.available_resources()
+    text = f"{describe_nodes(nodes)}; free now {free.get('CPU', 0.0):g} CPU, {free.get('GPU', 0.0):g} GPU"
+    lost = {n.node_id for n in start_nodes} - {n.node_id for n in nodes}
+    if lost:
+        text += f"; {len(lost)} node{'s' if len(lost) > 1 else ''} lost since the job started"
+    return text
+
+
+def _stall_message(
+    config: BulkConfig,
+    collector: ShardCollector,
+    shards: Sequence[Shard],
+    waited: float,
+    cluster: str,
+) -> str:
+    pending = collector.unfinished()
+    images = sum(len(s.uris) - collector.received(s.index) for s in pending)
+    started = [f"{s.name} ({collector.received(s.index)}/{len(s.uris)} rows)" for s in pending[:3]]
+    return (
+        f"no result rows reached the driver for {waited:.0f} s (progress_timeout_s: "
+        f"{config.progress_timeout_s:g}); the job was stopped. Pending: {len(pending)} of {len(shards)} "
+        f"shards of this run, {images} images without a result (e.g. {', '.join(started)}). The stages ask: "
+        f"{_asks(config)}. The cluster has: {cluster}. The {len(shards) - len(pending)} shards finished "
+        "in this run are written; run the same command again to resume (finished shards are skipped). "
+        "If the cluster is adding nodes or the models load slowly, raise progress_timeout_s"
+    )
 
 
 @dataclass
@@ -692,12 +945,38 @@ def _backfill_exports(
 
 
 def _stream(
-    config: BulkConfig, shards: Sequence[Shard], detector: str | None, recognizer: str
+    config: BulkConfig,
+    shards: Sequence[Shard],
+    detector: str | None,
+    recognizer: str,
+    nodes: Sequence[NodeResources] = (),
 ) -> Iterator[pa.Table]:
-    """Run the pipeline over ``shards``, write each shard as it completes and yield its result rows."""
+    """Run the pipeline over ``shards``, write each shard as it completes and yield its result rows.
+
+    Raises:
+        PipelineStalledError: no rows arrived for ``config.progress_timeout_s`` (the shards yielded
+            before are written).
+        RuntimeError: the pipeline ended with shards incomplete (nothing incomplete is written).
+    """
     collector = ShardCollector(shards)
+    watch = _ProgressWatch(config.progress_timeout_s)
+    ds = build_dataset(config, shards)
+    _watch(ds, watch)
+    # prefetch_batches=0: with prefetching, Ray Data yields a block only once the next one exists, so
+    # the driver would lag a whole block behind the pipeline (and, at the end, be handed everything).
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0))
     written = 0
-    for batch in build_dataset(config, shards).iter_batches(batch_size=None, batch_format="pyarrow"):
+    while True:
+        watch.waiting()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except _NoProgress:
+            message = _stall_message(config, collector, shards, watch.waited(), _cluster_now(nodes))
+            log.error("%s", message)
+            raise PipelineStalledError(message) from None
+        watch.received()
         for shard, rows in collector.add(batch):
             write_shard(config, shard, output_table(rows, detector, recognizer))
             written += 1
@@ -710,6 +989,62 @@ def _stream(
         )
 
 
+def stale_temporaries(output: str, config: StorageConfig | None = None) -> list[str]:
+    """Temporary files that interrupted writes of this job's files left under a local ``output``.
+
+    A driver killed while writing a part file (or ``_summary.json``) leaves ``.{name}.{hex}.tmp`` beside
+    it; nothing ever renames it later. S3 outputs have none: each object is one PUT.
+
+    Args:
+        output: the job's output folder.
+        config: S3 settings.
+
+    Returns:
+        Their paths.
+    """
+    if storage.is_s3(output):
+        return []
+    found = []
+    for folder, pattern in [(output, None), *((storage.join(output, fmt), fmt) for fmt in FORMATS)]:
+        for uri in storage.list_files(folder, config, recursive=False):
+            target = storage.temporary_target(storage.basename(uri))
+            if target is None:
+                continue
+            match = _PART_RE.match(target)
+            if (match and match.group(2) == pattern) or (pattern is None and target in _JOB_FILES):
+                found.append(uri)
+    return found
+
+
+def _skipped_summary(skipped: Sequence[str]) -> dict[str, Any]:
+    suffixes = Counter(
+        (storage.basename(u).rpartition(".")[2].lower() if "." in storage.basename(u) else "")
+        for u in skipped
+    )
+    return {
+        "count": len(skipped),
+        "by_suffix": {f".{k}" if k else "(none)": v for k, v in sorted(suffixes.items())},
+        "names": list(skipped[:_SKIPPED_NAMED]),
+    }
+
+
+def _log_skipped(spec: str, skipped: Sequence[str]) -> None:
+    if not skipped:
+        return
+    by_suffix = ", ".join(f"{k} {v}" for k, v in _skipped_summary(skipped)["by_suffix"].items())
+    names = ", ".join(storage.basename(u) for u in skipped[:20])
+    more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+    log.warning(
+        "skipped %d files under %s that are not images the decoder reads (%s): %s%s "
+        "(listed in _summary.json; PDF input is not supported yet)",
+        len(skipped),
+        spec,
+        by_suffix,
+        names,
+        more,
+    )
+
+
 def run_bulk(config: BulkConfig) -> dict[str, Any]:
     """Run a bulk OCR job (connecting to Ray, or starting a local Ray, when none is initialised).
 
@@ -720,8 +1055,11 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
         The job summary, also written to ``<output>/_summary.json``.
 
     Raises:
-        ConfigError: a model folder is missing or wrong, or stale shards with ``stale_shards: error``.
+        ConfigError: a model folder is missing or wrong, stale shards with ``stale_shards: error``, or a
+            stage asks more per task/actor than any node has.
         StorageError: the inputs cannot be listed or the output cannot be written.
+        PipelineStalledError: no rows arrived for ``progress_timeout_s`` (finished shards are written
+            and ``_summary.json`` has ``status: stalled``; a re-run resumes).
         RuntimeError: the pipeline lost rows (nothing incomplete is ever written).
     """
     import ray
@@ -730,7 +1068,9 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
     detector = model_id(config.detector, "detection", config.storage) if config.task == "ocr" else None
     rec_task: Literal["recognition", "latex"] = "latex" if config.task == "latex" else "recognition"
     recognizer = model_id(config.recognizer, rec_task, config.storage)
-    inputs = storage.resolve_inputs(config.input, config.storage)
+    listing = storage.scan_inputs(config.input, config.storage)
+    _log_skipped(config.input, listing.skipped)
+    inputs = listing.uris
     plan = plan_shards(inputs, config.shard_size, f"{config.task}\n{detector}\n{recognizer}")
     names = {s.name for s in plan}
     found = scan_output(config.output, config.storage)
@@ -740,7 +1080,17 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
 
     ensure_ray()
     cluster = ray.cluster_resources()
-    config = resolve_resources(config, cluster)
+    nodes = alive_nodes()
+    config = resolve_resources(config, nodes)
+    check_fits(config, nodes)
+    log.info("cluster: %s; stages: %s", describe_nodes(nodes), _asks(config))
+    temporaries = stale_temporaries(config.output, config.storage)
+    for uri in temporaries:
+        storage.delete(uri, config.storage)
+    if temporaries:
+        log.info(
+            "deleted %d temporary files left by an interrupted run under %s", len(temporaries), config.output
+        )
     storage.write_text(storage.join(config.output, _CONFIG_FILE), dump_config(config), config.storage)
     stale = _remove_stale(config, {name: files for name, files in found.items() if name not in names})
     _backfill_exports(config, done, found)
@@ -754,24 +1104,31 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
         len(todo) - len(run_now),
     )
     tally = _Tally()
+    stalled: PipelineStalledError | None = None
     if run_now:
-        for rows in _stream(config, run_now, detector, recognizer):
-            tally.add(rows)
+        try:
+            for rows in _stream(config, run_now, detector, recognizer, nodes):
+                tally.add(rows)
+        except PipelineStalledError as exc:
+            stalled = exc
     seconds = time.perf_counter() - started
+    status = "stalled" if stalled else "complete" if len(run_now) == len(todo) else "partial"
     summary = {
-        "status": "complete" if len(run_now) == len(todo) else "partial",
+        "status": status,
         "input": config.input,
         "output": config.output,
         "task": config.task,
         "inputs": n_inputs,
         "duplicate_inputs": len(inputs) - n_inputs,
+        "skipped_files": _skipped_summary(listing.skipped),
         "shards": {
             "total": len(plan),
             "written": tally.shards,
             "skipped": len(done),
-            "pending": len(todo) - len(run_now),
+            "pending": len(todo) - tally.shards,
             "stale_removed": stale,
         },
+        "temporaries_removed": len(temporaries),
         "processed": tally.images,
         "ok": tally.ok,
         "errors": dict(sorted(tally.errors.items())),
@@ -782,11 +1139,16 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
         "stage_seconds": {k: round(v, 3) for k, v in tally.stage_seconds.items()},
         "models": {"detector": detector, "recognizer": recognizer},
         "cluster": {k: cluster[k] for k in ("CPU", "GPU") if k in cluster},
+        "nodes": [{"cpus": n.cpus, "gpus": n.gpus} for n in nodes],
         "config": config.model_dump(mode="json"),
     }
+    if stalled:
+        summary["error"] = str(stalled)
     storage.write_text(
         storage.join(config.output, _SUMMARY_FILE), json.dumps(summary, indent=2) + "\n", config.storage
     )
+    if stalled:
+        raise stalled
     return summary
 
 
@@ -841,6 +1203,11 @@ def _report(summary: dict[str, Any]) -> str:
     )
     if summary["status"] == "partial":
         text += f"; {summary['shards']['pending']} shards left for the next run"
+    skipped = summary["skipped_files"]
+    if skipped["count"]:
+        names = ", ".join(storage.basename(u) for u in skipped["names"][:5])
+        more = ", ..." if skipped["count"] > 5 else ""
+        text += f"; {skipped['count']} files skipped as not images ({names}{more})"
     return text
 
 
@@ -848,13 +1215,17 @@ def run(args: argparse.Namespace) -> int:
     """Run ``ocrjobs bulk``; prints one summary line (the full summary is in ``_summary.json``).
 
     Returns:
-        0 on success, 2 when the inputs or the output cannot be reached (the message says why).
+        0 on success, 2 when the inputs or the output cannot be reached (the message says why), 3 when
+        the progress watchdog stopped the job (finished shards are written; run it again to resume).
     """
     try:
         summary = run_bulk(config_from_args(args))
     except storage.StorageError as exc:
         print(f"bulk: {exc}", file=sys.stderr)
         return 2
+    except PipelineStalledError as exc:
+        print(f"bulk: {exc}", file=sys.stderr)
+        return EXIT_STALLED
     print(f"bulk: {_report(summary)}")
     return 0
 

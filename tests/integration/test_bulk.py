@@ -7,8 +7,11 @@ reasons, sizes, polygons inside the image, text = the lines joined), which holds
 from __future__ import annotations
 
 import io
+import json
 import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from ocrjobs import cli, storage
 from ocrjobs.jobs.bulk import BulkConfig, ExportsConfig, run_bulk
+from ocrjobs.jobs.bulk import _report as bulk_report
 from ocrjobs.jobs.bulk_udfs import OUTPUT_SCHEMA
 from tests.conftest import S3Server
 
@@ -308,3 +312,124 @@ def test_demo_prints_a_table_of_the_bundled_receipts(
     assert [line.split()[0] for line in table[1 : 1 + len(samples)]] == samples
     assert f"{len(samples)} images, {len(samples)} read, 0 errors" in out
     assert str(tmp_path / "demo" / "parquet") in out
+
+
+def test_results_reach_the_driver_a_recognition_batch_at_a_time(
+    tmp_path: Path, tiny_models: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before, 24 inputs in two blocks of 12 were joined into one decode task of 24 images (and the
+    # driver's prefetch held each block back until the next one existed): every shard was written in
+    # the last moments of the job, and a crash before that lost all the work.
+    from ocrjobs.jobs import bulk
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in make_images(good=20).items():
+        (inputs / name).write_bytes(data)
+    events: list[tuple[str, int]] = []
+    add, write = bulk.ShardCollector.add, bulk.write_shard
+
+    def record_add(self: bulk.ShardCollector, batch: Any) -> Any:
+        events.append(("rows", batch.num_rows))
+        return add(self, batch)
+
+    def record_write(config: BulkConfig, shard: bulk.Shard, table: Any) -> None:
+        events.append(("write", table.num_rows))
+        write(config, shard, table)
+
+    monkeypatch.setattr(bulk.ShardCollector, "add", record_add)
+    monkeypatch.setattr(bulk, "write_shard", record_write)
+    detector, recognizer = tiny_models
+    config = BulkConfig(
+        input=str(inputs),
+        output=str(tmp_path / "out"),
+        detector=detector,
+        recognizer=recognizer,
+        shard_size=4,
+    )
+    summary = run_bulk(config)
+
+    assert summary["config"]["recognition"]["batch_size"] == 8
+    arrivals = [n for kind, n in events if kind == "rows"]
+    assert sum(arrivals) == 24 and max(arrivals) <= 8
+    # Shards are written while later rows are still being recognised.
+    assert events.index(("write", 4)) < max(i for i, (kind, _) in enumerate(events) if kind == "rows")
+    assert summary["shards"]["written"] == 6
+
+
+def test_folder_input_keeps_every_decodable_format_and_names_the_files_it_skips(
+    tmp_path: Path, tiny_models: tuple[str, str]
+) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, fmt in (("a.png", "PNG"), ("b.gif", "GIF"), ("c.ppm", "PPM"), ("d.jp2", "JPEG2000")):
+        Image.new("RGB", (96, 32), "white").save(inputs / name, format=fmt)
+    (inputs / "scan.pdf").write_bytes(b"%PDF-1.4\n")
+    (inputs / "README").write_text("not an image\n")
+    out = tmp_path / "out"
+    # A driver killed while writing left temporary files; nothing would ever rename them.
+    (out / "parquet").mkdir(parents=True)
+    leftovers = [
+        out / "parquet" / ".part-000000-0123abcd.parquet.0a1b2c3d4e5f.tmp",
+        out / "._summary.json.ab.tmp",
+    ]
+    for path in leftovers:
+        path.write_bytes(b"partial")
+
+    summary = run_bulk(
+        BulkConfig(input=str(inputs), output=str(out), task="recognize", recognizer=tiny_models[1])
+    )
+
+    rows = {storage.basename(r["uri"]): r for r in read_rows(str(out))}
+    assert sorted(rows) == ["a.png", "b.gif", "c.ppm", "d.jp2"]
+    assert all(r["error"] is None and r["width"] == 96 for r in rows.values())
+    assert summary["inputs"] == 4
+    assert summary["skipped_files"] == {
+        "count": 2,
+        "by_suffix": {"(none)": 1, ".pdf": 1},
+        "names": [str(inputs / "README"), str(inputs / "scan.pdf")],
+    }
+    assert summary["temporaries_removed"] == 2 and not any(p.exists() for p in leftovers)
+    assert "2 files skipped as not images (README, scan.pdf)" in bulk_report(summary)
+
+
+def test_watchdog_stops_a_deadlocked_pipeline_and_frees_the_cluster(
+    tmp_path: Path, tiny_models: tuple[str, str], images: dict[str, bytes]
+) -> None:
+    # Two actors of 1 CPU hold both CPUs, so no decode task (0.5 CPU) can ever run: before the
+    # watchdog, such a job waited forever.
+    import ray
+
+    from ocrjobs.jobs.bulk import PipelineStalledError
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in images.items():
+        (inputs / name).write_bytes(data)
+    detector, recognizer = tiny_models
+    config = BulkConfig.model_validate(
+        {
+            "input": str(inputs),
+            "output": str(tmp_path / "out"),
+            "detector": detector,
+            "recognizer": recognizer,
+            "progress_timeout_s": 5,
+            "decode": {"num_cpus": 0.5},
+            "detection": {"num_cpus": 1},
+            "recognition": {"num_cpus": 1},
+        }
+    )
+    with pytest.raises(PipelineStalledError) as error:
+        run_bulk(config)
+
+    message = str(error.value)
+    assert "no result rows reached the driver for" in message and "(progress_timeout_s: 5)" in message
+    assert "Pending: 1 of 1 shards of this run, 30 images without a result" in message
+    assert "detection 1 actor of 1 CPU" in message and "1 alive node: 2 CPU" in message
+    summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
+    assert summary["status"] == "stalled" and summary["error"] == message
+    # The stopped pipeline's actors are gone: the next tests get the whole local Ray.
+    deadline = time.monotonic() + 120
+    while ray.available_resources().get("CPU", 0.0) < 2.0:
+        assert time.monotonic() < deadline, ray.available_resources()
+        time.sleep(0.5)

@@ -88,7 +88,7 @@ def test_rayjob_runs_the_bulk_module_on_gpu_pools() -> None:
     assert words[:3] == _BULK_MODULE
     config = _bulk_config(words[3:])
     # The workers autoscale from zero: before any GPU node joins, the pools still plan for GPUs.
-    resolved = resolve_resources(config, {"CPU": 0.0})
+    resolved = resolve_resources(config, [])
     for pool in (resolved.detection, resolved.recognition):
         assert (pool.num_gpus, pool.max_size) == (0.5, 8)
     cluster = job["spec"]["rayClusterSpec"]

@@ -13,8 +13,16 @@ import yaml
 from ocrjobs import cli
 from ocrjobs.config import ConfigError, load_config
 from ocrjobs.jobs import bulk
-from ocrjobs.jobs.bulk import BulkConfig, PoolConfig, ShardCollector, plan_shards, resolve_resources
+from ocrjobs.jobs.bulk import (
+    BulkConfig,
+    PoolConfig,
+    ShardCollector,
+    check_fits,
+    plan_shards,
+    resolve_resources,
+)
 from ocrjobs.jobs.bulk_udfs import RESULT_SCHEMA
+from ocrjobs.raycluster import NodeResources, alive_nodes
 
 REPO = Path(__file__).resolve().parents[2]
 NAME_RE = re.compile(r"^part-(\d{6})-[0-9a-f]{8}$")
@@ -147,13 +155,22 @@ def _config(**fields: object) -> BulkConfig:
     return BulkConfig(input="in", output="out", **fields)  # type: ignore[arg-type]
 
 
+def _nodes(*sizes: float | tuple[float, float]) -> list[NodeResources]:
+    """Alive nodes of these CPUs (or (CPUs, GPUs))."""
+    out = []
+    for k, size in enumerate(sizes):
+        cpus, gpus = size if isinstance(size, tuple) else (size, 0.0)
+        out.append(NodeResources(node_id=f"n{k}", address="10.0.0.1", cpus=cpus, gpus=gpus))
+    return out
+
+
 def _reserved_cpus(config: BulkConfig) -> float:
     pools = (config.detection, config.recognition)
     return config.decode.num_cpus + sum(p.max_size * p.num_cpus for p in pools)  # type: ignore[operator]
 
 
 def test_two_cpus_get_fractional_stages_that_fit_together() -> None:
-    config = resolve_resources(_config(), {"CPU": 2.0})
+    config = resolve_resources(_config(), _nodes(2))
     assert config.decode.num_cpus == 0.25
     for pool in (config.detection, config.recognition):
         assert (pool.min_size, pool.max_size, pool.num_gpus) == (1, 1, 0.0)
@@ -164,23 +181,23 @@ def test_two_cpus_get_fractional_stages_that_fit_together() -> None:
 
 
 def test_many_cpus_split_between_pools_within_the_cluster() -> None:
-    config = resolve_resources(_config(), {"CPU": 64.0})
+    config = resolve_resources(_config(), _nodes(64))
     assert config.detection.max_size > config.recognition.max_size >= 1
     assert _reserved_cpus(config) <= 64.0
 
 
 def test_gpus_put_both_model_stages_on_gpus() -> None:
-    config = resolve_resources(_config(), {"CPU": 32.0, "GPU": 4.0})
+    config = resolve_resources(_config(), _nodes((32, 4)))
     for pool in (config.detection, config.recognition):
         assert (pool.num_gpus, pool.max_size) == (0.5, 4)
         assert bulk._stage_device(config, pool) == "cuda"
-    cpu_only = resolve_resources(_config(device="cpu"), {"CPU": 32.0, "GPU": 4.0})
+    cpu_only = resolve_resources(_config(device="cpu"), _nodes((32, 4)))
     assert cpu_only.detection.num_gpus == 0.0 and bulk._stage_device(cpu_only, cpu_only.detection) == "cpu"
 
 
 def test_explicit_resource_fields_are_kept() -> None:
     config = resolve_resources(
-        _config(detection=PoolConfig(min_size=3, batch_size=2), decode={"num_cpus": 0.5}), {"CPU": 2.0}
+        _config(detection=PoolConfig(min_size=3, batch_size=2), decode={"num_cpus": 0.5}), _nodes(2)
     )
     assert (config.detection.min_size, config.detection.max_size, config.detection.batch_size) == (3, 3, 2)
     assert config.decode.num_cpus == 0.5
@@ -188,16 +205,86 @@ def test_explicit_resource_fields_are_kept() -> None:
 
 def test_gpu_pools_asked_for_before_gpu_nodes_join_get_gpu_defaults() -> None:
     # An autoscaling cluster may start with CPU nodes only: explicit GPU pools are kept, not demoted.
-    config = resolve_resources(_config(detection=PoolConfig(num_gpus=1, max_size=8)), {"CPU": 4.0})
+    config = resolve_resources(_config(detection=PoolConfig(num_gpus=1, max_size=8)), _nodes(4))
     assert (config.detection.num_gpus, config.detection.max_size, config.detection.batch_size) == (1, 8, 16)
     assert config.recognition.num_gpus == 0.5
     assert bulk._stage_device(config, config.recognition) == "cuda"
-    assert resolve_resources(_config(device="cuda"), {"CPU": 8.0}).detection.num_gpus == 0.5
+    assert resolve_resources(_config(device="cuda"), _nodes(8)).detection.num_gpus == 0.5
+
+
+def test_one_cpu_nodes_get_actors_one_node_can_host() -> None:
+    # Sized from the totals (3 CPUs), the actors asked 1.25 CPU, which no 1-CPU node can host: no row
+    # was ever produced. Sized per node, each node hosts a decode task and one actor of each pool.
+    nodes = _nodes(1, 1, 1)
+    config = resolve_resources(_config(), nodes)
+    assert config.decode.num_cpus == 0.25
+    for pool in (config.detection, config.recognition):
+        assert (pool.num_cpus, pool.min_size, pool.max_size) == (0.25, 1, 3)
+    check_fits(config, nodes)
+    per_node = config.decode.num_cpus + config.detection.num_cpus + config.recognition.num_cpus  # type: ignore[operator]
+    assert per_node <= 1.0
+
+
+def test_mixed_nodes_size_actors_from_the_largest_and_count_them_per_node() -> None:
+    # A 2-CPU node among 1-CPU ones: actors of 0.75 CPU fit only there, so the pools stay at one actor.
+    config = resolve_resources(_config(), _nodes(1, 2, 1))
+    assert (config.detection.num_cpus, config.detection.max_size, config.recognition.max_size) == (0.75, 1, 1)
+    # Big nodes: 2-CPU actors, as many as each node holds beside its decode share.
+    nodes = _nodes(8, 8, 1)
+    config = resolve_resources(_config(), nodes)
+    assert (config.decode.num_cpus, config.detection.num_cpus) == (1.0, 2.0)
+    assert (config.detection.max_size, config.recognition.max_size) == (3, 2)  # 2 * 3 actors, 60% detecting
+    check_fits(config, nodes)
+    # GPU nodes: the actors' CPUs come from the GPU node, not from a large CPU-only node beside it.
+    config = resolve_resources(_config(), _nodes(64, (2, 1)))
+    assert (config.detection.num_gpus, config.detection.max_size, config.detection.num_cpus) == (0.5, 1, 0.5)
+    assert config.decode.num_cpus == 0.5
+
+
+def test_a_stage_larger_than_every_node_is_refused_naming_it() -> None:
+    nodes = _nodes(1, 1, 1)
+    config = resolve_resources(_config(recognition=PoolConfig(num_cpus=1.25)), nodes)
+    with pytest.raises(ConfigError) as error:
+        check_fits(config, nodes)
+    message = str(error.value)
+    assert "recognition asks 1.25 CPU per actor" in message
+    assert "the largest has 1 CPU and 0 GPU" in message and "3 alive nodes" in message
+    assert "recognition.num_cpus" in message
+    gpu = resolve_resources(_config(detection=PoolConfig(num_gpus=2)), _nodes((8, 1)))
+    with pytest.raises(ConfigError, match=r"detection asks 1 CPU \+ 2 GPU per actor"):
+        check_fits(gpu, _nodes((8, 1)))
+    # task: recognize has no detection stage: its settings are not checked.
+    check_fits(resolve_resources(_config(task="recognize", detection=PoolConfig(num_cpus=9)), nodes), nodes)
+
+
+def test_resources_no_node_has_yet_are_waited_for(caplog: pytest.LogCaptureFixture) -> None:
+    # An autoscaling cluster before its first GPU worker joins (a head without CPUs, or CPU nodes only).
+    for nodes in ([], _nodes(0), _nodes(4)):
+        config = resolve_resources(_config(device="cuda"), nodes)
+        check_fits(config, nodes)
+    assert "waiting for the autoscaler" in caplog.text
+
+
+def test_alive_nodes_reads_ray_nodes_entries() -> None:
+    entries = [
+        {"NodeID": "a", "Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"CPU": 1.0}},
+        {"NodeID": "b", "Alive": False, "NodeManagerAddress": "10.0.0.2", "Resources": {"CPU": 64.0}},
+        {
+            "NodeID": "c",
+            "Alive": True,
+            "NodeManagerAddress": "10.0.0.3",
+            "Resources": {"CPU": 8.0, "GPU": 1.0},
+        },
+    ]
+    assert alive_nodes(entries) == [
+        NodeResources("c", "10.0.0.3", 8.0, 1.0),
+        NodeResources("a", "10.0.0.1", 1.0, 0.0),
+    ]
 
 
 def test_gpus_with_device_cpu_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="contradicts"):
-        resolve_resources(_config(device="cpu", recognition=PoolConfig(num_gpus=1)), {"CPU": 8.0, "GPU": 1.0})
+        resolve_resources(_config(device="cpu", recognition=PoolConfig(num_gpus=1)), _nodes((8, 1)))
 
 
 # ---------------------------------------------------------------------------------------------- config

@@ -295,6 +295,33 @@ def test_resolve_inputs_folder_glob_manifest(tree: Path) -> None:
     assert _names(storage.resolve_inputs(str(tree / "list.txt")), tree) == ["sub/c.jpg", "notes.txt"]
 
 
+def test_scan_inputs_names_the_files_it_skips(tree: Path) -> None:
+    for name in ("g.gif", "h.jp2", "i.ppm", "scan.pdf"):
+        (tree / name).write_bytes(b"x")
+    listing = storage.scan_inputs(str(tree), suffixes=storage.IMAGE_SUFFIXES)
+    # Every format the decoder reads is an input (a .gif was once dropped without a word) ...
+    assert {"g.gif", "h.jp2", "i.ppm"} <= set(_names(listing.uris, tree))
+    # ... and the rest is named, not silently lost.
+    assert _names(listing.skipped, tree) == ["notes.txt", "scan.pdf", "sub/deep/e.json"]
+    assert listing.uris == storage.resolve_inputs(str(tree))
+    (tree / "list.txt").write_text("scan.pdf\n")
+    assert storage.scan_inputs(str(tree / "list.txt")) == storage.InputListing([str(tree / "scan.pdf")], [])
+
+
+def test_temporary_target_names_the_file_an_interrupted_write_was_for(tmp_path: Path) -> None:
+    assert storage.temporary_target(".part-000001-1f2e3d4c.parquet.0a1b2c3d4e5f.tmp") == (
+        "part-000001-1f2e3d4c.parquet"
+    )
+    for name in ("part-000001-1f2e3d4c.parquet", ".hidden", ".x.tmp", ".x.NOTHEX.tmp"):
+        assert storage.temporary_target(name) is None
+    # The names write_bytes really uses: a failed write's temporary is recognised as one.
+    target = tmp_path / "out" / "a.bin"
+    storage.write_bytes(str(target), b"1")
+    temp = storage._temp_path(str(target))
+    assert os.path.dirname(temp) == str(target.parent)
+    assert storage.temporary_target(os.path.basename(temp)) == "a.bin"
+
+
 def test_resolve_inputs_nothing_matches(tree: Path) -> None:
     with pytest.raises(ObjectNotFoundError, match="none ending in") as info:
         storage.resolve_inputs(str(tree / "sub" / "deep"), suffixes=(".jpg",))
