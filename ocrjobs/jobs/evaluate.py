@@ -7,7 +7,8 @@ Tasks and what they score:
 * ``recognition`` — a recognition model (or predicted texts) on line crops: ground-truth boxes of
   box-labelled images cut and rectified, or a line-crop set. CER, WER, exact match (case-sensitive and
   not).
-* ``e2e`` — detector + recognizer against box-labelled images: CLEval end-to-end and detection.
+* ``e2e`` — detector + recognizer against box-labelled images: CLEval end-to-end and detection;
+  end-to-end figures case-sensitive (as a user reads) and, with the suffix ``_ci``, case-insensitive.
 * ``latex`` — formula texts against an im2latex split: sentence accuracy, token edit distance,
   BLEU-4 and the formula score.
 
@@ -63,6 +64,8 @@ class EvalConfig(StrictModel):
         rec_model: the recognizer for ``e2e``.
         predictions: JSONL of saved predictions, scored instead of running a model.
         limit: score only the first N images (sorted by name).
+        holdout_every: score only every N-th image sorted by name: the held-out dev part that a
+            training source with the same ``holdout_every`` leaves out (e.g. 8 for FUNSD forms).
         json_out: where to write the metrics JSON (its resolved config is written beside it).
         device: ``cpu`` or ``cuda``.
         storage: S3 endpoint settings for ``s3://`` URIs.
@@ -76,6 +79,7 @@ class EvalConfig(StrictModel):
     rec_model: str | None = None
     predictions: str | None = None
     limit: int | None = Field(default=None, ge=1)
+    holdout_every: int | None = Field(default=None, ge=2)
     json_out: str | None = None
     device: str = "cpu"
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -104,6 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rec-model", help="recognizer model folder (e2e)")
     parser.add_argument("--predictions", help="JSONL of saved predictions to score instead of a model")
     parser.add_argument("--limit", type=int, help="score only the first N images")
+    parser.add_argument(
+        "--holdout-every",
+        type=int,
+        metavar="N",
+        help="score only the held-out part: every N-th image sorted by name (a training source's holdout_every)",
+    )
     parser.add_argument("--json", dest="json_out", help="write the metrics JSON here")
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument(
@@ -123,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         "rec_model",
         "predictions",
         "limit",
+        "holdout_every",
         "json_out",
         "device",
     ):
@@ -148,8 +159,16 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Score ``config`` and return the metrics (plus counts, timing and what was scored)."""
     from ocrjobs.data.formats import load_records
 
-    kwargs = {"split": config.split} if config.split else {}
-    records = load_records(config.data, config.format, limit=config.limit, **kwargs)
+    kwargs: dict[str, Any] = {"split": config.split} if config.split else {}
+    if config.holdout_every:
+        from ocrjobs.training.config import DataSource
+
+        part = DataSource(
+            uri=config.data, format=config.format, holdout_every=config.holdout_every, holdout=True
+        )
+        records = part.select(load_records(config.data, config.format, **kwargs))[: config.limit]
+    else:
+        records = load_records(config.data, config.format, limit=config.limit, **kwargs)
     if not records:
         raise ValueError(f"no labelled images found in {config.data} (format {config.format})")
     log.info("scoring %s on %d images from %s", config.task, len(records), config.data)
@@ -196,6 +215,8 @@ def _eval_detection(config: EvalConfig, records: list[Record]) -> dict[str, Any]
     seconds = time.perf_counter() - start
     if config.task == "e2e":
         metrics = evaluate_end_to_end(records, preds)
+        folded = evaluate_end_to_end(records, preds, case_sensitive=False)
+        metrics.update({f"{k}_ci": v for k, v in folded.items() if "e2e" in k})
     else:
         metrics = evaluate_detection(records, preds)
     metrics.update(seconds=round(seconds, 3), images_per_s=round(len(records) / max(seconds, 1e-9), 3))

@@ -108,11 +108,17 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
             if source.holdout_every is not None:
                 which = "the held-out" if source.holdout else "all but the held-out"
                 part = f", {which} 1 in {source.holdout_every} records"
+            if source.val_every is not None:
+                which = "the validation" if source.val else "all but the validation"
+                part += f"; of those, {which} 1 in {source.val_every}"
+            if source.case == "insensitive":
+                part += "; case-insensitive labels"
             lines.append(f"- {split_name}: `{source.uri}` ({source.format}, weight {source.weight:g}{part})")
         if cfg.model.init_from and split_name == "train":
             lines.append(f"- initialised from the model folder `{cfg.model.init_from}`")
         for synth in split.synthetic:
-            lines.append(f"- {split_name}: synthetic `{synth.kind}` x {synth.count}")
+            style = f" ({synth.options['style']} style)" if "style" in synth.options else ""
+            lines.append(f"- {split_name}: synthetic `{synth.kind}` x {synth.count}{style}")
         if split.limit is not None:
             lines.append(f"- {split_name}: limited to {split.limit} items")
     lines += ["", "## Metrics", ""]
