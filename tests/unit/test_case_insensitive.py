@@ -189,3 +189,41 @@ def test_document_lines_are_mixed_case() -> None:
     assert image.shape[0] == 32 and text
     with pytest.raises(ValueError, match="style"):
         LineGenerator(style="poster")
+
+
+def test_eval_e2e_reports_case_sensitive_and_folded_figures_on_the_held_out_part(tmp_path) -> None:
+    import json
+
+    from ocrjobs.data.formats import load_records, write_sroie
+    from ocrjobs.images import encode_jpeg
+    from ocrjobs.jobs.evaluate import EvalConfig, evaluate
+
+    records = []
+    for k in range(4):
+        path = tmp_path / "img" / f"{k:03d}.jpg"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(encode_jpeg(np.full((60, 200, 3), 255, np.uint8)))
+        box = ((10.0, 5.0), (150.0, 5.0), (150.0, 25.0), (10.0, 25.0))
+        records.append(Record(str(path), (Region(box, f"Form {k} Tobacco"),)))
+    write_sroie(records, str(tmp_path))
+    # Predictions read every word right but in capitals.
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "image": f"{k:03d}.jpg",
+                    "lines": [
+                        {"polygon": [list(p) for p in r.regions[0].points], "text": r.regions[0].text.upper()}
+                    ],
+                }
+            )
+            for k, r in enumerate(load_records(str(tmp_path), "sroie"))
+        )
+    )
+    cfg = EvalConfig(task="e2e", data=str(tmp_path), format="sroie", predictions=str(preds), holdout_every=2)
+    result = evaluate(cfg)
+    assert result["images"] == 2  # 001 and 003: the held-out part of holdout_every 2
+    assert result["cleval_e2e_hmean_ci"] == pytest.approx(1.0)
+    assert result["cleval_e2e_hmean"] < 0.7
+    assert result["cleval_hmean"] == pytest.approx(1.0)

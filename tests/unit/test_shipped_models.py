@@ -48,3 +48,21 @@ def test_shipped_recognizer_reads_the_lines_of_a_dev_receipt(dev_receipt) -> Non
     texts = [result.text for result in predictor([crop for crop, _ in pairs])]
     scores = text_metrics(texts, [text for _, text in pairs])
     assert scores["cer"] < 0.3 and scores["exact_match"] > 0.3, scores
+
+
+def test_shipped_document_recognizer_reads_a_held_out_form_in_its_own_case(shared_data: Path) -> None:
+    """models/crnn_doc on the first FUNSD form of the dev part its training held out (every 8th form)."""
+    from ocrjobs.training.config import DataSource
+
+    funsd = str(shared_data / "funsd" / "train")
+    form = DataSource(uri=funsd, format="sroie", holdout_every=8, holdout=True).select(
+        load_records(funsd, "sroie")
+    )[0]
+    image = read_image(form.uri)
+    pairs = [(crop_polygon(image, r.polygon()), r.text.strip()) for r in form.regions if r.text.strip()]
+    predictor = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_doc")
+    texts = [result.text for result in predictor([crop for crop, _ in pairs])]
+    scores = text_metrics(texts, [text for _, text in pairs])
+    assert scores["cer"] < 0.25, scores
+    letters = [c for t in texts for c in t if c.isalpha()]
+    assert sum(c.islower() for c in letters) / len(letters) > 0.3  # not read in capitals only
