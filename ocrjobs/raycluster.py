@@ -11,12 +11,14 @@ and Ray then waits for such an actor forever.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NodeResources", "alive_nodes", "describe_nodes", "ensure_ray"]
+__all__ = ["NodeResources", "alive_nodes", "describe_nodes", "ensure_ray", "ray_logs_to_file"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +98,43 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
             log_to_driver=log_to_driver,
         )
     return True
+
+
+@contextmanager
+def ray_logs_to_file(path: str) -> Iterator[None]:
+    """Send Ray's own console logging (loggers ``ray`` and ``ray.data``: start-up lines, Ray Data's
+    execution plans and periodic progress dumps) to ``path`` while the block runs, so a command's
+    terminal shows only its own progress and result; the handlers are restored afterwards.
+
+    Ray re-creates handlers it owns when it initialises, so call :func:`ensure_ray` inside the block.
+    """
+    import ray.data  # noqa: F401  # configures Ray Data's console handler, which is swapped here
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    swapped: list[tuple[logging.Logger, logging.Handler]] = []
+
+    def swap() -> None:
+        for name in ("ray", "ray.data"):
+            logger = logging.getLogger(name)
+            for handler in list(logger.handlers):
+                console = isinstance(handler, logging.StreamHandler) and not isinstance(
+                    handler, logging.FileHandler
+                )
+                if console:
+                    logger.removeHandler(handler)
+                    swapped.append((logger, handler))
+            if to_file not in logger.handlers:
+                logger.addHandler(to_file)
+
+    swap()
+    try:
+        yield
+    finally:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).removeHandler(to_file)
+        for logger, handler in swapped:
+            if handler not in logger.handlers:
+                logger.addHandler(handler)
+        to_file.close()

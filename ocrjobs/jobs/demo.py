@@ -16,7 +16,7 @@ from typing import Any
 
 from ocrjobs import storage
 from ocrjobs.config import load_config, parse_overrides
-from ocrjobs.raycluster import ensure_ray
+from ocrjobs.raycluster import ensure_ray, ray_logs_to_file
 
 __all__ = ["DEFAULT_CONFIG", "REPO_ROOT", "add_arguments", "format_table", "run"]
 
@@ -98,12 +98,18 @@ def run(args: argparse.Namespace) -> int:
         model_id(config.detector, "detection", config.storage)
     model_id(config.recognizer, "recognition", config.storage)
 
-    started_here = ensure_ray(log_to_driver=False)
-    try:
-        summary = run_bulk(config)
-    finally:
-        if started_here:
-            ray.shutdown()
+    # Ray's own INFO lines (start-up, execution plans, progress dumps) go to a file beside the results:
+    # the terminal keeps the job's progress lines and the table.
+    ray_log = (
+        os.path.join(config.output, "ray.log") if not storage.is_s3(config.output) else "ocrjobs-demo-ray.log"
+    )
+    with ray_logs_to_file(ray_log):
+        started_here = ensure_ray(log_to_driver=False)
+        try:
+            summary = run_bulk(config)
+        finally:
+            if started_here:
+                ray.shutdown()
     rows = _read_rows(config.output, config.storage)
     print()
     print(format_table(rows))
@@ -115,5 +121,7 @@ def run(args: argparse.Namespace) -> int:
         line += f"; {summary['processed']} processed in {summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s)"
     if summary["skipped"]:
         line += f"; {summary['skipped']} already done earlier (delete {config.output} to recompute)"
-    print(f"{line}. Results: {storage.join(config.output, 'parquet')} (summary: _summary.json)")
+    print(
+        f"{line}. Results: {storage.join(config.output, 'parquet')} (summary: _summary.json; Ray's log: {ray_log})"
+    )
     return 0 if errors == 0 else 1

@@ -228,3 +228,27 @@ def test_skipped_files_are_counted_by_suffix_and_named() -> None:
         "by_suffix": {"(none)": 1, ".pdf": 2, ".txt": 1},
         "names": skipped,
     }
+
+
+def test_ray_console_logging_goes_to_a_file_and_comes_back(tmp_path) -> None:
+    import logging
+
+    import ray.data  # noqa: F401  # Ray Data's logger has its console handler once imported
+
+    from ocrjobs.raycluster import ray_logs_to_file
+
+    logger = logging.getLogger("ray.data")
+    before = list(logger.handlers)
+    path = tmp_path / "logs" / "ray.log"
+    with ray_logs_to_file(str(path)):
+        consoles = [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
+        assert consoles == []
+        logger.warning("execution plan of dataset_x")
+        logging.getLogger("ray").warning("Started a local Ray instance.")
+    text = path.read_text()
+    assert "execution plan of dataset_x" in text and "Started a local Ray instance." in text
+    assert logger.handlers == before
