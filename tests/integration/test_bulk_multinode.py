@@ -46,6 +46,9 @@ def _run_cluster() -> None:
             if line.strip() == "remove":
                 # Killed without a graceful stop, as a node that crashes or is pre-empted.
                 cluster.remove_node(workers.pop(), allow_graceful=False)
+                # Answer once the GCS has marked the node dead: a job started after the reply must see
+                # two nodes (the health check takes seconds to notice, longer on a loaded machine).
+                cluster.wait_for_nodes(timeout=300)
                 print(_PREFIX + json.dumps({"removed": True}), flush=True)
             elif line.strip() == "quit":
                 break
@@ -98,7 +101,7 @@ class SimulatedCluster:
         )
 
     def remove_worker(self) -> None:
-        """Kill one worker node (its raylet, object store and workers)."""
+        """Kill one worker node (its raylet, object store and workers); returns once Ray counts it dead."""
         assert self.process.stdin is not None
         self.process.stdin.write("remove\n")
         self.process.stdin.flush()
