@@ -423,8 +423,6 @@ class TextSampler:
         Raises:
             ValueError: ``max_chars`` is below 1.
         """
-        if max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         kinds: tuple[tuple[float, Callable[[np.random.Generator], str]], ...] = (
             (0.30, lambda r: self.words(r, 1, 5)),
             (0.05, lambda r: " ".join(random_upper_word(r) for _ in range(int(r.integers(1, 4))))),
@@ -439,6 +437,18 @@ class TextSampler:
             (0.10, self.key_value),
             (0.06, self.item),
         )
+        return self._draw(kinds, rng, max_chars)
+
+    def _draw(
+        self,
+        kinds: Sequence[tuple[float, Callable[[np.random.Generator], str]]],
+        rng: np.random.Generator,
+        max_chars: int,
+    ) -> str:
+        """A non-empty line from generators drawn by weight, restricted to the charset and cut at a space
+        to ``max_chars`` (drawn again when nothing is left)."""
+        if max_chars < 1:
+            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         probs = np.array([p for p, _ in kinds])
         while True:
             generate = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))][1]
@@ -459,8 +469,6 @@ class TextSampler:
         """A non-empty line of a letter, form or page in mixed case (``Senior Vice President``,
         ``Date: 12/03/1998``, ``Please return the signed copy``), cut at a space if longer than
         ``max_chars``; upper-case headings come up too, but rarely, as on such pages."""
-        if max_chars < 1:
-            raise ValueError(f"max_chars must be >= 1, got {max_chars}")
         kinds: tuple[tuple[float, Callable[[np.random.Generator], str]], ...] = (
             (0.28, lambda r: self.sentence(r)),
             (0.20, lambda r: self.words(r, 1, 5, case="title")),
@@ -478,12 +486,7 @@ class TextSampler:
             (0.03, lambda r: _pick(r, ("Phone ", "Fax: ", "Tel. ", "FAX ")) + random_phone(r)),
             (0.03, random_price),
         )
-        probs = np.array([p for p, _ in kinds])
-        while True:
-            generate = kinds[int(rng.choice(len(kinds), p=probs / probs.sum()))][1]
-            text = _truncate_words(self.clean(generate(rng)), max_chars)
-            if text:
-                return text
+        return self._draw(kinds, rng, max_chars)
 
 
 def _pick_generator(rng: np.random.Generator) -> Callable[[np.random.Generator], str]:
