@@ -106,7 +106,7 @@ def ray_logs_to_file(path: str) -> Iterator[None]:
     execution plans and periodic progress dumps) to ``path`` while the block runs, so a command's
     terminal shows only its own progress and result; the handlers are restored afterwards.
 
-    Ray re-creates handlers it owns when it initialises, so call :func:`ensure_ray` inside the block.
+    Call :func:`ensure_ray` inside the block: Ray's start-up lines are logged there.
     """
     import ray.data  # noqa: F401  # configures Ray Data's console handler, which is swapped here
 
@@ -114,21 +114,13 @@ def ray_logs_to_file(path: str) -> Iterator[None]:
     to_file = logging.FileHandler(path, encoding="utf-8")
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     swapped: list[tuple[logging.Logger, logging.Handler]] = []
-
-    def swap() -> None:
-        for name in ("ray", "ray.data"):
-            logger = logging.getLogger(name)
-            for handler in list(logger.handlers):
-                console = isinstance(handler, logging.StreamHandler) and not isinstance(
-                    handler, logging.FileHandler
-                )
-                if console:
-                    logger.removeHandler(handler)
-                    swapped.append((logger, handler))
-            if to_file not in logger.handlers:
-                logger.addHandler(to_file)
-
-    swap()
+    for name in ("ray", "ray.data"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+                swapped.append((logger, handler))
+        logger.addHandler(to_file)
     try:
         yield
     finally:
