@@ -120,6 +120,15 @@ def assert_results(rows: list[dict], uris: list[str], detector: str | None = DET
     assert lines_found > 0  # crops went through recognition
 
 
+def _input_folder(tmp_path: Path, images: dict[str, bytes]) -> Path:
+    """``tmp_path/in`` holding the module's input files."""
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name, data in images.items():
+        (inputs / name).write_bytes(data)
+    return inputs
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     return write_tiny_models(tmp_path_factory.mktemp("models"))
@@ -172,10 +181,7 @@ def test_s3_input_gives_one_row_per_image_and_error_rows_for_bad_ones(
 def test_local_folder_run_resumes_after_interruption_without_recomputing(
     tmp_path: Path, tiny_models: tuple[str, str], images: dict[str, bytes]
 ) -> None:
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name, data in images.items():
-        (inputs / name).write_bytes(data)
+    inputs = _input_folder(tmp_path, images)
     out = tmp_path / "out"
     detector, recognizer = tiny_models
     config = BulkConfig(
@@ -402,10 +408,7 @@ def test_watchdog_stops_a_deadlocked_pipeline_and_frees_the_cluster(
 
     from ocrjobs.jobs.bulk import PipelineStalledError
 
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    for name, data in images.items():
-        (inputs / name).write_bytes(data)
+    inputs = _input_folder(tmp_path, images)
     detector, recognizer = tiny_models
     config = BulkConfig.model_validate(
         {

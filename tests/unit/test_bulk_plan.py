@@ -106,7 +106,8 @@ def test_stale_shards_are_deleted_or_refused(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------------------- collecting
 
 
-def _rows(shard: int, positions: list[int], uris: tuple[str, ...]) -> pa.Table:
+def result_rows(shard: int, positions: list[int], uris: tuple[str, ...]) -> pa.Table:
+    """Recognised rows (empty texts) of ``positions`` of a shard, in the bulk job's result schema."""
     n = len(positions)
     return pa.Table.from_pydict(
         {
@@ -132,20 +133,22 @@ def test_collector_releases_each_shard_once_complete_and_in_order() -> None:
     plan = plan_shards(_uris(8), 4)
     a, b = plan
     collector = ShardCollector(plan)
-    assert collector.add(pa.concat_tables([_rows(0, [3, 1], a.uris), _rows(1, [2], b.uris)])) == []
-    done = collector.add(pa.concat_tables([_rows(1, [0, 1], b.uris), _rows(0, [0, 2], a.uris)]))
+    assert (
+        collector.add(pa.concat_tables([result_rows(0, [3, 1], a.uris), result_rows(1, [2], b.uris)])) == []
+    )
+    done = collector.add(pa.concat_tables([result_rows(1, [0, 1], b.uris), result_rows(0, [0, 2], a.uris)]))
     assert [(s.name, t.column("position").to_pylist()) for s, t in done] == [(a.name, [0, 1, 2, 3])]
     assert done[0][1].column("uri").to_pylist() == list(a.uris)
     assert collector.unfinished() == [b]
     with pytest.raises(RuntimeError, match="already wrote"):
-        collector.add(_rows(0, [0], a.uris))
+        collector.add(result_rows(0, [0], a.uris))
 
 
 def test_collector_refuses_a_shard_with_a_duplicate_row() -> None:
     (shard,) = plan_shards(_uris(3), 3)
     collector = ShardCollector([shard])
     with pytest.raises(RuntimeError, match="not written"):
-        collector.add(_rows(0, [0, 1, 1], shard.uris))
+        collector.add(result_rows(0, [0, 1, 1], shard.uris))
 
 
 # ------------------------------------------------------------------------------------------ resources

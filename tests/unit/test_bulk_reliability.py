@@ -20,8 +20,8 @@ from ocrjobs import storage
 from ocrjobs.images import SUPPORTED_FORMATS, decode_image
 from ocrjobs.jobs import bulk
 from ocrjobs.jobs.bulk import BulkConfig, PipelineStalledError, plan_shards, resolve_resources
-from ocrjobs.jobs.bulk_udfs import RESULT_SCHEMA
 from ocrjobs.raycluster import NodeResources
+from tests.unit.test_bulk_plan import result_rows
 
 ONE_NODE = [NodeResources("n0", "10.0.0.1", 2.0)]
 
@@ -29,26 +29,6 @@ ONE_NODE = [NodeResources("n0", "10.0.0.1", 2.0)]
 def _config(tmp_path: Path, **fields: Any) -> BulkConfig:
     config = BulkConfig(input="in", output=str(tmp_path / "out"), **fields)
     return resolve_resources(config, ONE_NODE)
-
-
-def _rows(shard: int, positions: list[int], uris: tuple[str, ...]) -> pa.Table:
-    n = len(positions)
-    zeros = [0.0] * n
-    return pa.Table.from_pydict(
-        {
-            "uri": [uris[p] for p in positions],
-            "shard": [shard] * n,
-            "position": positions,
-            "width": [10] * n,
-            "height": [20] * n,
-            "error": [None] * n,
-            "error_detail": [None] * n,
-            "lines": [[] for _ in range(n)],
-            "text": [""] * n,
-            **{name: zeros for name in ("t_read", "t_decode", "t_detect", "t_recognize")},
-        },
-        schema=RESULT_SCHEMA,
-    )
 
 
 class FakeClock:
@@ -140,7 +120,9 @@ def test_a_stuck_pipeline_is_stopped_after_the_timeout_with_finished_shards_writ
     config = _config(tmp_path, progress_timeout_s=60)
     first, second = plan = plan_shards([f"/in/{i}.png" for i in range(8)], 4)
     clock = FakeClock()
-    dataset = FakeDataset([_rows(0, [0, 1, 2, 3], first.uris), _rows(1, [1, 3], second.uris)], clock)
+    dataset = FakeDataset(
+        [result_rows(0, [0, 1, 2, 3], first.uris), result_rows(1, [1, 3], second.uris)], clock
+    )
     monkeypatch.setattr(bulk, "build_dataset", lambda config, shards: dataset)
     monkeypatch.setattr(bulk, "_ProgressWatch", functools.partial(bulk._ProgressWatch, clock=clock))
 
