@@ -8,10 +8,16 @@ the pair with the best exact match (ties: lower CER), compared case-insensitivel
 folds case. Greedy and plain beam decoding are printed beside it. The folder then decodes with
 ``decoder: beam`` and ``postprocess.lm: lm.json``; pass ``--out`` to write a new folder instead.
 
+With ``--from-config`` the language model counts the fit parts of a training config's
+``data.train.sources`` (each source's ``holdout_every``/``val_every`` selection, as training used it) and
+``--tune`` reads that config's ``data.val.sources``: the texts the recognizer was trained and validated
+on, never a reported dev part.
+
 Examples::
 
     ocrjobs lm --model models/crnn_en --data ../shared/data/sroie/train --format sroie \\
         --holdout-every 12 --tune
+    ocrjobs lm --model models/crnn_doc --from-config configs/train_crnn_doc.yaml --tune
     ocrjobs lm --model models/crnn_en --data s3://bucket/labels --format sroie --weights 0.5 --bonuses 1.0
 """
 
@@ -23,11 +29,14 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ocrjobs.config import ConfigError
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ocrjobs.recognition.lm import CharNgramLM
     from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.training.config import DataSource
 
 __all__ = ["add_arguments", "build_lm", "run", "tune"]
 
@@ -35,7 +44,13 @@ __all__ = ["add_arguments", "build_lm", "run", "tune"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ocrjobs lm``."""
     parser.add_argument("--model", required=True, help="CTC recognition model folder")
-    parser.add_argument("--data", required=True, help="labelled dataset whose texts train the model")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="labelled dataset whose texts train the model")
+    data.add_argument(
+        "--from-config",
+        metavar="TRAIN_CONFIG",
+        help="count the fit parts of this training config's train sources; tune on its val sources",
+    )
     parser.add_argument("--format", default="sroie", help="dataset format (load_records)")
     parser.add_argument("--holdout-every", type=int, help="count all but every N-th record; tune on those")
     parser.add_argument("--order", type=int, default=6, help="n of the character n-grams")
@@ -59,22 +74,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="length bonuses to try (without --tune: the first is used)",
     )
     parser.add_argument("--beam-width", type=int, help="beam width (default: the folder's)")
+    parser.add_argument(
+        "--confident",
+        type=float,
+        help="lines whose greedy line score is at least this skip the beam (default: the folder's)",
+    )
     parser.add_argument("--limit", type=int, help="tune on the first N held-out records only")
     parser.add_argument("--out", help="write the model folder here instead of updating --model")
     parser.add_argument("--json", dest="json_out", help="write the tuning table here")
 
 
 def build_lm(
-    data: str, fmt: str, charset: str, holdout_every: int | None, order: int, discount: float, case_fold: bool
+    sources: Sequence[DataSource], charset: str, order: int, discount: float, case_fold: bool
 ) -> tuple[CharNgramLM, int]:
-    """The language model of the dataset's fit part and how many records it was counted from."""
+    """The language model of the sources' selected records and how many records it was counted from."""
     from ocrjobs.data.formats import load_records
     from ocrjobs.recognition.lm import CharNgramLM
-    from ocrjobs.training.config import DataSource
 
-    records = DataSource(uri=data, format=fmt, holdout_every=holdout_every).select(load_records(data, fmt))
-    texts = [region.text for record in records for region in record.regions if not region.ignore]
-    return CharNgramLM.fit(texts, charset, order, discount, case_fold), len(records)
+    texts, counted = [], 0
+    for source in sources:
+        records = source.select(load_records(source.uri, source.format))
+        counted += len(records)
+        texts += [region.text for record in records for region in record.regions if not region.ignore]
+    return CharNgramLM.fit(texts, charset, order, discount, case_fold), counted
+
+
+def _sources(args: argparse.Namespace) -> tuple[list[DataSource], list[DataSource]]:
+    """The sources to count and the sources to tune on (empty without a held-out part)."""
+    from ocrjobs.config import load_config
+    from ocrjobs.training.config import DataSource, TrainConfig
+
+    if args.from_config:
+        config = load_config(args.from_config, TrainConfig)
+        count = [s for s in config.data.train.sources if s.uri]
+        if (
+            args.case_sensitive
+        ):  # capitals-only transcriptions would teach a cased model that text is upper case
+            count = [s for s in count if s.case != "insensitive"]
+        if not count:
+            raise ConfigError(f"{args.from_config}: data.train.sources has no labelled source to count")
+        return count, [s for s in config.data.val.sources if s.uri]
+    count = [DataSource(uri=args.data, format=args.format, holdout_every=args.holdout_every)]
+    if not args.holdout_every:
+        return count, []
+    return count, [
+        DataSource(uri=args.data, format=args.format, holdout_every=args.holdout_every, holdout=True)
+    ]
 
 
 def tune(
@@ -107,7 +152,13 @@ def tune(
             else:
                 fused = lm if decoder == "beam+lm" else None
                 hyps = ctc_beam_search(
-                    logits, predictor.tokenizer, predictor.beam_width, fused, weight, bonus
+                    logits,
+                    predictor.tokenizer,
+                    predictor.beam_width,
+                    fused,
+                    weight,
+                    bonus,
+                    predictor.beam_confident,
                 )
             for i, hyp in zip(indices, hyps, strict=True):
                 texts[i] = hyp.text
@@ -129,40 +180,35 @@ def tune(
 def run(args: argparse.Namespace) -> int:
     """Run ``ocrjobs lm``; returns the exit code."""
     from ocrjobs import storage
-    from ocrjobs.config import ConfigError
     from ocrjobs.data.formats import load_records
     from ocrjobs.data.lines import cut_line_crops
     from ocrjobs.recognition.predictor import RecognitionPredictor
     from ocrjobs.registry import CARD_FILE, read_model_spec
-    from ocrjobs.training.config import DataSource
 
     predictor = RecognitionPredictor.from_model_dir(args.model)
     if predictor.model.decoding != "ctc":
         raise ConfigError(
             f"{args.model}: a language model is fused into CTC beam search; this model is not CTC"
         )
-    if args.tune and not args.holdout_every:
-        raise ConfigError("--tune needs --holdout-every: the language model must not count the tuning lines")
+    count_sources, tune_sources = _sources(args)
+    if args.tune and not tune_sources:
+        raise ConfigError(
+            "--tune needs a held-out part the language model does not count: --holdout-every with --data, "
+            "or data.val.sources in the --from-config training config"
+        )
     if args.beam_width:
         predictor.beam_width = int(args.beam_width)
+    if args.confident is not None:
+        predictor.beam_confident = float(args.confident)
     charset = "".join(predictor.tokenizer.decode([i]) for i in range(1, predictor.tokenizer.num_classes))
-    lm, counted = build_lm(
-        args.data,
-        args.format,
-        charset,
-        args.holdout_every,
-        args.order,
-        args.discount,
-        not args.case_sensitive,
-    )
-    print(f"language model: order {lm.order}, counted from {counted} records of {args.data}")
+    lm, counted = build_lm(count_sources, charset, args.order, args.discount, not args.case_sensitive)
+    names = ", ".join(s.uri for s in count_sources)
+    print(f"language model: order {lm.order}, counted from {counted} records of {names}")
     weight, bonus = args.weights[0], args.bonuses[0]
     if args.tune:
-        held_out = DataSource(
-            uri=args.data, format=args.format, holdout_every=args.holdout_every, holdout=True
-        )
-        records = held_out.select(load_records(args.data, args.format))[: args.limit]
-        crops, refs = [], []
+        records, crops, refs = [], [], []
+        for source in tune_sources:
+            records += source.select(load_records(source.uri, source.format))[: args.limit]
         for crop, text, _ in cut_line_crops(records):
             crops.append(crop)
             refs.append(text)

@@ -292,6 +292,7 @@ def ctc_beam_search(
     lm: CharNgramLM | None = None,
     lm_weight: float = 0.5,
     length_bonus: float = 0.0,
+    confident: float | None = None,
 ) -> list[Hypothesis]:
     """CTC prefix beam search, one sample at a time, optionally fused with a character language model.
 
@@ -308,6 +309,10 @@ def ctc_beam_search(
         lm: a character language model over the tokenizer's charset, or None.
         lm_weight: weight of the language model's log-probability.
         length_bonus: added per character of a prefix.
+        confident: samples whose greedy text (:func:`ctc_greedy_decode`) has at least this line score
+            (its length-normalised likelihood) keep it: there the beam and a language model almost never change the
+            text, and the search (a Python loop per frame) then runs only on the uncertain lines.
+            ``None``: every sample is searched.
 
     Returns:
         One :class:`Hypothesis` per sample.
@@ -319,6 +324,14 @@ def ctc_beam_search(
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
     if lm_weight < 0:
         raise ValueError(f"lm_weight must be >= 0, got {lm_weight}")
+    if confident is not None and len(logits):
+        greedy = ctc_greedy_decode(logits, tokenizer)
+        unsure = [i for i, hyp in enumerate(greedy) if hyp.score < confident]
+        if len(unsure) < len(greedy):
+            searched = ctc_beam_search(logits[unsure], tokenizer, beam_width, lm, lm_weight, length_bonus)
+            for i, hyp in zip(unsure, searched, strict=True):
+                greedy[i] = hyp
+            return greedy
     log_probs = logits.float().log_softmax(dim=-1)
     lp = log_probs.detach().cpu().numpy()
     chars = [""] + [tokenizer.decode([i]) for i in range(1, lp.shape[-1])] if lm is not None else []

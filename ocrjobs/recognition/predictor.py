@@ -69,7 +69,9 @@ MIN_ASPECT = 0.75
 # the 4 px a CTC frame covers.
 WIDTH_STEP = 16
 _PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
-_POSTPROCESS_KEYS = frozenset({"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus"})
+_POSTPROCESS_KEYS = frozenset(
+    {"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus", "beam_confident"}
+)
 
 
 @dataclass
@@ -195,6 +197,8 @@ class RecognitionPredictor:
             ignores it); a model folder keeps it as ``lm.json``.
         lm_weight: weight of the language model's log-probabilities in the beam search.
         length_bonus: beam-search bonus per character (offsets the language model's cost per character).
+        beam_confident: CTC beam search: lines whose greedy text has at least this line score keep it and
+            skip the search (``ctc_beam_search``'s ``confident``); ``None`` searches every line.
 
     Raises:
         ValueError: tokenizer and model disagree, a setting is out of range, or ``lm`` is given to an
@@ -221,6 +225,7 @@ class RecognitionPredictor:
         lm: CharNgramLM | None = None,
         lm_weight: float = 0.5,
         length_bonus: float = 0.0,
+        beam_confident: float | None = None,
     ) -> None:
         if tokenizer.decoding != model.decoding or tokenizer.num_classes != model.num_classes:
             raise ValueError(
@@ -256,6 +261,9 @@ class RecognitionPredictor:
         self.lm = lm
         self.lm_weight = float(lm_weight)
         self.length_bonus = float(length_bonus)
+        if beam_confident is not None and not 0.0 < beam_confident <= 1.0:
+            raise ValueError(f"beam_confident must be in (0, 1], got {beam_confident}")
+        self.beam_confident = None if beam_confident is None else float(beam_confident)
 
     # ------------------------------------------------------------ inference
 
@@ -352,7 +360,7 @@ class RecognitionPredictor:
             if crop.shape[0] and crop.shape[1]:
                 resized[i] = resize_crop(orient_crop(crop), self.height, self.width)
         order = sorted(resized, key=lambda i: resized[i].shape[1])
-        fixed = isinstance(self.model, AttentionRecognizer)
+        fixed = isinstance(self.model, AttentionRecognizer) and not self.model.variable_width
         for start in range(0, len(order), self.batch_size):
             indices = order[start : start + self.batch_size]
             images = [resized[i] for i in indices]
@@ -370,7 +378,13 @@ class RecognitionPredictor:
             logits = self.model(batch)
             if self.decoder == "beam":
                 return ctc_beam_search(
-                    logits, self.tokenizer, self.beam_width, self.lm, self.lm_weight, self.length_bonus
+                    logits,
+                    self.tokenizer,
+                    self.beam_width,
+                    self.lm,
+                    self.lm_weight,
+                    self.length_bonus,
+                    self.beam_confident,
                 )
             return ctc_greedy_decode(logits, self.tokenizer)
 
@@ -454,6 +468,7 @@ class RecognitionPredictor:
                     if self.lm is not None
                     else {}
                 ),
+                **({"beam_confident": self.beam_confident} if self.beam_confident is not None else {}),
             },
             charset=self.tokenizer.to_dict(),
             version=self.version,

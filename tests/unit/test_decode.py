@@ -149,6 +149,21 @@ def test_ctc_beam_sums_alignments_where_greedy_cannot() -> None:
     assert best.char_scores == pytest.approx([0.4])
 
 
+def test_confident_lines_keep_the_greedy_text_and_only_the_others_are_searched() -> None:
+    tok = CTCTokenizer(Charset(chars="ab"))
+    unsure = torch.tensor([[0.6, 0.4, 0.0], [0.6, 0.4, 0.0]])  # greedy "" (score 0.36), beam "a"
+    peaked = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])  # "b"
+    logits = torch.stack([peaked, unsure, peaked]).clamp_min(1e-12).log()
+    searched = ctc_beam_search(logits, tok, beam_width=3)
+    assert [h.text for h in searched] == ["b", "a", "b"]
+    mixed = ctc_beam_search(logits, tok, beam_width=3, confident=0.9)
+    assert [h.text for h in mixed] == ["b", "a", "b"]
+    assert mixed[0] == ctc_greedy_decode(logits[:1], tok)[0]
+    # A threshold above every line score searches them all; below every score, none.
+    assert [h.text for h in ctc_beam_search(logits, tok, beam_width=3, confident=0.3)] == ["b", "", "b"]
+    assert ctc_beam_search(logits, tok, beam_width=3, confident=1.0) == searched
+
+
 def test_ctc_beam_all_blank_and_validation() -> None:
     assert ctc_beam_search(_frames(0, 0, 0), CTC, beam_width=4)[0].text == ""
     with pytest.raises(ValueError, match="beam_width"):

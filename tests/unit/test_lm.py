@@ -188,3 +188,35 @@ def test_caches_stay_bounded_and_do_not_change_scores(monkeypatch: pytest.Monkey
     small = _lm()
     assert [small.score(t) for t in texts] == pytest.approx(reference)
     assert len(small._cache) <= 50 and len(small._prob_cache) <= 50
+
+
+def test_lm_from_a_training_config_counts_its_fit_parts_and_tunes_on_its_val_sources(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _sroie(tmp_path / "data", 6)
+    config = tmp_path / "train.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tiny",
+                "task": "recognition",
+                "model": {"arch": "crnn_small", "charset": {"name": "en"}},
+                "data": {
+                    "train": {"sources": [{"uri": data, "format": "sroie", "holdout_every": 3}]},
+                    "val": {
+                        "sources": [{"uri": data, "format": "sroie", "holdout_every": 3, "holdout": True}]
+                    },
+                },
+            }
+        ),
+        encoding="utf-8",
+    )
+    model = _tiny_predictor().save_model_dir(tmp_path / "model", card="# tiny\n", metrics={})
+    out = tmp_path / "with_lm"
+    argv = ["lm", "--model", model, "--from-config", str(config), "--order", "3", "--tune"]
+    assert main([*argv, "--weights", "0.2", "--bonuses", "1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "counted from 4 records" in printed and "tuning on 4 held-out lines (2 records)" in printed
+    loaded = RecognitionPredictor.from_model_dir(out)
+    assert loaded.lm is not None
+    assert "ITEM 2" not in {k + c for k, f in loaded.lm.counts[1].items() for c in f}
