@@ -58,6 +58,12 @@ class AttentionRecognizer(nn.Module, abc.ABC):
     decoding: ClassVar[Literal["attention"]] = "attention"
 
     @property
+    def variable_width(self) -> bool:
+        """Whether inputs may be any width (batches trimmed to their widest image) rather than the
+        fixed ``width`` the model was built for."""
+        return False
+
+    @property
     @abc.abstractmethod
     def num_classes(self) -> int:
         """Output classes (EOS = 0 and the characters)."""

@@ -4,14 +4,14 @@ Paper: J. Lee, S. Park, J. Baek, S. J. Oh, S. Kim, H. Lee, "On Recognizing Texts
 with 2D Self-Attention", CVPR Workshops 2020. The decoder is the standard transformer decoder
 (Vaswani et al., NeurIPS 2017) with sinusoidal positions.
 
-Stages: ``features`` (two conv + 2x2 max-pool blocks: ``[b, 3, H, W] -> [b, d, H/4, W/4]``) ->
+Stages: ``features`` (conv + 2x2 max-pool blocks, two by default: ``[b, 3, H, W] -> [b, d, H/4, W/4]``) ->
 ``sequence`` (adaptive 2-D positional encoding, then encoder layers of self-attention over all ``h*w``
 positions and a locality-aware feed-forward, a depthwise 3x3 conv between two 1x1 convs) ->
 ``prediction`` (transformer decoder over the flattened memory).
 
 The encoder output stays a 2-D feature map ``[b, d, h, w]`` (:meth:`SATRN.encode`): positions keep
 their rows and columns, which multi-line inputs such as formulas rely on. Any input size whose sides are
-multiples of 4 works (positions are computed for the actual ``h, w``); the predictor's ``height`` and
+multiples of the CNN stride (4, or 8 with ``cnn_stages=3``) works (positions are computed for the actual ``h, w``); the predictor's ``height`` and
 ``width`` choose it.
 
 >>> model = satrn(num_classes=96).eval()
@@ -66,28 +66,36 @@ def sinusoidal_positions(length: int, dim: int, device: torch.device | None = No
 
 
 class ShallowCNN(nn.Module):
-    """Two conv-BN-ReLU + 2x2 max-pool blocks: ``[b, in, H, W] -> [b, dim, H/4, W/4]``.
+    """``stages`` blocks of ``depth`` conv-BN-ReLU then a 2x2 max-pool: ``[b, in, H, W] -> [b, dim, H/2^s, W/2^s]``.
+
+    The paper's CNN is two blocks of one conv (``/4``). Three blocks (``/8``) leave a quarter of the
+    positions for the self-attention encoder, whose cost grows with their square: what makes wide
+    formula images affordable on CPUs.
 
     Args:
         in_channels: image channels.
-        dim: output channels (the model width); the first block has ``dim // 2``.
+        dim: output channels (the model width); each earlier block has half the channels of the next.
+        stages: conv + pool blocks (each halves height and width).
+        depth: convolutions per block.
     """
 
-    def __init__(self, in_channels: int, dim: int) -> None:
+    def __init__(self, in_channels: int, dim: int, stages: int = 2, depth: int = 1) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, dim // 2, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(dim // 2),
-            nn.ReLU(True),
-            nn.MaxPool2d(2, 2),
-            nn.Conv2d(dim // 2, dim, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(dim),
-            nn.ReLU(True),
-            nn.MaxPool2d(2, 2),
-        )
+        if stages < 1 or depth < 1:
+            raise ValueError(f"stages and depth must be >= 1, got {stages} and {depth}")
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for stage in range(stages):
+            out = max(dim >> (stages - 1 - stage), 16)
+            for _ in range(depth):
+                layers += [nn.Conv2d(channels, out, 3, 1, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(True)]
+                channels = out
+            layers.append(nn.MaxPool2d(2, 2))
+        self.stride = 2**stages
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``[b, in, H, W] -> [b, dim, H/4, W/4]``."""
+        """``[b, in, H, W] -> [b, dim, H/stride, W/stride]``."""
         return self.layers(images)
 
 
@@ -253,6 +261,8 @@ class SATRNConfig:
         encoder_ff: locality-aware feed-forward inner width.
         decoder_ff: decoder feed-forward inner width.
         dropout: dropout rate.
+        cnn_stages: conv + pool blocks of the CNN (2: ``/4`` as in the paper, 3: ``/8``).
+        cnn_depth: convolutions per CNN block.
     """
 
     num_classes: int
@@ -265,6 +275,8 @@ class SATRNConfig:
     encoder_ff: int = 1024
     decoder_ff: int = 1024
     dropout: float = 0.1
+    cnn_stages: int = 2
+    cnn_depth: int = 1
 
 
 class SATRN(AttentionRecognizer):
@@ -277,7 +289,7 @@ class SATRN(AttentionRecognizer):
     def __init__(self, config: SATRNConfig) -> None:
         super().__init__()
         self.config = config
-        self.features = ShallowCNN(config.in_channels, config.dim)
+        self.features = ShallowCNN(config.in_channels, config.dim, config.cnn_stages, config.cnn_depth)
         self.sequence = SATRNEncoder(
             config.dim, config.heads, config.encoder_ff, config.encoder_layers, config.dropout
         )
@@ -295,8 +307,13 @@ class SATRN(AttentionRecognizer):
         """Output classes (EOS + characters)."""
         return self.config.num_classes
 
+    @property
+    def variable_width(self) -> bool:
+        """Any width that is a multiple of the CNN stride: positions are computed for the actual map."""
+        return True
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``[b, 3, H, W]`` -> the encoded 2-D feature map ``[b, dim, H/4, W/4]``."""
+        """``[b, 3, H, W]`` -> the encoded 2-D feature map ``[b, dim, H/stride, W/stride]``."""
         return self.sequence(self.features(images))
 
     def decode(self, memory: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -156,9 +156,10 @@ class DataConfig(StrictModel):
             allow). Caps memory, and leaves CPUs to other runs sharing the cluster.
         cache_val: prepare the val split once, before training, and keep its rows in the object store
             (validation then costs no data preparation per epoch; turn off when val rows do not fit).
-        group_by_width: recognition only: pool this many shuffled batches, sort their rows by width and
-            train on the resulting batches in random order. CTC batches are trimmed to their widest row,
-            so a wide ``preprocess.width`` costs what the lines need rather than the widest line (1: off).
+        group_by_width: recognition and latex: pool this many shuffled batches, sort their rows by width
+            and train on the resulting batches in random order. CTC batches (and those of attention models
+            with ``variable_width``, e.g. SATRN) are trimmed to their widest row, so a wide
+            ``preprocess.width`` costs what the lines need rather than the widest line (1: off).
     """
 
     train: SplitConfig
@@ -310,8 +311,8 @@ class TrainConfig(StrictModel):
             raise ValueError("task 'latex' needs model.charset: {name: latex, tokens|vocab|build_from: ...}")
         if self.loss and self.task != "latex":
             raise ValueError(f"loss settings are not used by task {self.task!r}; remove the loss section")
-        if self.data.group_by_width > 1 and self.task != "recognition":
-            raise ValueError(f"data.group_by_width is for task 'recognition', not {self.task!r}")
+        if self.data.group_by_width > 1 and self.task not in ("recognition", "latex"):
+            raise ValueError(f"data.group_by_width is for tasks 'recognition' and 'latex', not {self.task!r}")
         if not self.data.train.sources and not self.data.train.synthetic:
             raise ValueError("data.train needs at least one source or synthetic generator")
         return self

@@ -134,6 +134,7 @@ class LatexTask:
         self.max_len = int(post.get("max_len", 160))
         self.max_tokens = self.max_len - 1  # the decoder's last step is EOS
         self.loss_config = loss or FormulaLossConfig.from_dict(cfg.loss)
+        self.trim = False  # build_model sets it from the model
         if self.build_model().decoding != "attention":
             raise ConfigError(f"task 'latex' needs an attention model (aster, satrn), got {cfg.model.arch!r}")
         for split in (cfg.data.train, cfg.data.val):
@@ -148,7 +149,11 @@ class LatexTask:
 
     def build_model(self) -> Recognizer:
         """The recogniser of ``model.arch`` with one class per token plus EOS."""
-        return build_recognizer(self.cfg.model.arch, len(self.vocabulary) + 1, **self.cfg.model.arch_kwargs)
+        model = build_recognizer(self.cfg.model.arch, len(self.vocabulary) + 1, **self.cfg.model.arch_kwargs)
+        # Models that read any width train on batches trimmed to their widest row, as the predictor
+        # batches them at inference.
+        self.trim = bool(getattr(model, "variable_width", False))
+        return model
 
     def _problem(self, text: str) -> str | None:
         if not text:
@@ -204,7 +209,7 @@ class LatexTask:
     def collate(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
         """Normalised ``image`` ``[b, 3, h, w]`` (padding repeats each row's last valid column, as the
         predictor pads), ``targets`` and ``lengths`` from the LaTeX tokenizer."""
-        images = line_images(batch, self.mean, self.std, device)
+        images = line_images(batch, self.mean, self.std, device, trim=self.trim)
         targets, lengths = self.tokenizer.encode([str(t) for t in batch["text"]])
         return {"image": images, "targets": targets.to(device), "lengths": lengths.to(device)}
 

@@ -45,7 +45,8 @@ def line_images(
 
     Columns right of each row's ``valid_w`` repeat its last valid column, exactly as
     :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
-    padding would see a different right margin in production. With ``trim`` (CTC models) the batch is
+    padding would see a different right margin in production. With ``trim`` (CTC models, attention
+    models with ``variable_width``) the batch is
     cut to its widest row rounded up to 16 px, the width the predictor batches such crops at.
     """
     images = torch.from_numpy(batch["image"])

@@ -29,7 +29,7 @@ from ocrjobs.training.progress import MetricsLog, summary_table
 if TYPE_CHECKING:
     import ray.train
 
-__all__ = ["TrainingOutcome", "dry_run", "fit", "ray_run_config", "scaling_config"]
+__all__ = ["TrainingOutcome", "dry_run", "fit", "ray_run_config", "scaling_config", "worker_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,17 @@ def _ingest_options(cfg: TrainConfig) -> Any:
     return options
 
 
+def worker_config(cfg: TrainConfig, task: Any) -> TrainConfig:
+    """The config the workers get: a formula vocabulary the driver built (e.g. ``build_from`` a local
+    im2latex folder, which workers in their own working directory or on other nodes cannot read) is
+    passed as its tokens."""
+    vocabulary = getattr(task, "vocabulary", None)
+    if cfg.task != "latex" or vocabulary is None:
+        return cfg
+    model = cfg.model.model_copy(update={"charset": vocabulary.to_dict()})
+    return cfg.model_copy(update={"model": model})
+
+
 def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     """Train (or resume) a run on the Ray cluster this process is connected to.
 
@@ -134,6 +145,7 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
         model = cfg.model.model_copy(update={"init_from": os.path.abspath(init_from)})
         cfg = cfg.model_copy(update={"model": model})
     task = TASKS[cfg.task](cfg)
+    cfg = worker_config(cfg, task)
     plan = plan_data(task, cfg)
     run_uri = cfg.run_uri()
     storage.write_text(storage.join(run_uri, CONFIG_FILE), dump_config(cfg), cfg.storage)
@@ -205,6 +217,7 @@ def dry_run(cfg: TrainConfig) -> str:
     from ocrjobs.training.tasks import TASKS
 
     task = TASKS[cfg.task](cfg)
+    cfg = worker_config(cfg, task)
     plan = plan_data(task, cfg)
     lines = [f"run {cfg.name}: {cfg.task} {cfg.model.arch} -> {cfg.run_uri()}"]
     checkpoints = list_checkpoints(cfg.run_uri(), cfg.storage)

@@ -199,3 +199,21 @@ def test_stage_names_are_fixed() -> None:
     }.items():
         model = build_recognizer(arch, NUM_CLASSES, **TINY[arch])
         assert {k.split(".")[0] for k in model.state_dict()} == stages
+
+
+def test_satrn_cnn_stages_set_the_stride_and_keep_the_paper_layout_by_default() -> None:
+    default = build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"])
+    assert isinstance(default, SATRN) and default.features.stride == 4
+    # Two conv blocks, as in the paper (and as model folders written before the option stored them).
+    assert [n for n, _ in default.features.named_parameters()][:2] == ["layers.0.weight", "layers.1.weight"]
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in default.features.modules()) == 2
+    deeper = build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"], cnn_stages=3, cnn_depth=2).eval()
+    assert isinstance(deeper, SATRN) and deeper.features.stride == 8
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in deeper.features.modules()) == 6
+    with torch.no_grad():
+        assert deeper.encode(torch.zeros(2, 3, 48, 160)).shape == (2, TINY["satrn"]["dim"], 6, 20)
+    assert (
+        deeper.variable_width and not build_recognizer("aster", NUM_CLASSES, **TINY["aster"]).variable_width
+    )
+    with pytest.raises(ValueError, match="stages"):
+        build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"], cnn_stages=0)

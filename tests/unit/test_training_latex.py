@@ -11,12 +11,12 @@ import torch
 
 from ocrjobs.config import ConfigError
 from ocrjobs.recognition.latex import LatexTokenizer
-from ocrjobs.recognition.predictor import resize_crop, to_batch
+from ocrjobs.recognition.predictor import ctc_batch_width, resize_crop, to_batch
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.data import plan_data, prepare_locally
 from ocrjobs.training.latex import FormulaLossConfig, LatexTask
 from ocrjobs.training.tasks import TASKS
-from ocrjobs.training.trainer import dry_run
+from ocrjobs.training.trainer import dry_run, worker_config
 
 TINY_SATRN = {
     "dim": 32,
@@ -113,12 +113,31 @@ def test_rows_collate_loss_and_validation(task_and_plan: tuple[LatexTask, Any]) 
 
 def test_collate_pads_like_the_predictor(task_and_plan: tuple[LatexTask, Any]) -> None:
     task, plan = task_and_plan
-    rows = prepare_locally(task, plan.splits["val"], (), count=4)
-    narrow = [i for i in range(4) if rows["valid_w"][i] < 128]
+    rows = prepare_locally(task, plan.splits["val"], (), count=8)
+    narrow = [i for i in range(8) if rows["valid_w"][i] <= 112]
     assert narrow, "every formula fills the width: the padding would go untested"
     batch = task.collate({k: v[narrow] for k, v in rows.items()}, torch.device("cpu"))
     crops = [rows["image"][i, :, : rows["valid_w"][i]] for i in narrow]
-    assert torch.allclose(batch["image"], to_batch([resize_crop(c, 32, 128) for c in crops], 128), atol=1e-6)
+    # SATRN reads any width: the batch is trimmed to its widest formula, as the predictor batches it.
+    assert task.trim
+    width = ctc_batch_width(max(int(rows["valid_w"][i]) for i in narrow))
+    assert batch["image"].shape[-1] == width < 128
+    assert torch.allclose(
+        batch["image"], to_batch([resize_crop(c, 32, 128) for c in crops], width), atol=1e-6
+    )
+    predictor = task.build_predictor(task.build_model())
+    (_, predicted), *_ = list(predictor._batches(crops))
+    assert predicted.shape[-1] == width
+
+
+def test_workers_get_the_vocabulary_tokens_not_the_folder_it_was_built_from(
+    task_and_plan: tuple[LatexTask, Any],
+) -> None:
+    task, _ = task_and_plan
+    assert "build_from" in (task.cfg.model.charset or {})
+    cfg = worker_config(task.cfg, task)
+    assert cfg.model.charset == {"name": "latex", "tokens": list(task.vocabulary.tokens)}
+    assert TASKS["latex"](cfg).vocabulary == task.vocabulary
 
 
 def test_greedy_penalty_decode_and_loss_settings(
