@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ocrjobs import storage
 from ocrjobs.config import ConfigError, StorageConfig, StrictModel, dump_config, load_config, parse_overrides
@@ -83,6 +83,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "FORMATS",
+    "FORMULA_ENSEMBLE",
     "BulkConfig",
     "DecodeConfig",
     "ExportsConfig",
@@ -94,6 +95,7 @@ __all__ = [
     "build_dataset",
     "check_fits",
     "config_from_args",
+    "default_formula_members",
     "hocr_text",
     "jsonl_text",
     "main",
@@ -113,6 +115,12 @@ log = logging.getLogger(__name__)
 # Equal to ocrjobs.images.DEFAULT_MAX_PIXELS (a unit test checks); not imported so that building the
 # CLI parser does not import cv2.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+# The recognizer of ``task: latex`` when none is given: the multi-scale formula ensemble (one SATRN at
+# input heights 48 and 64), or whichever of the two folders exists (default_formula_members).
+FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex")
+# The recognizer of ``task: ocr`` and ``recognize`` when none is given.
+_LINE_RECOGNIZER = "models/crnn_en"
 
 # Output formats: each has its own folder under the output, named like its file extension. Parquet is
 # the completion marker of a shard.
@@ -194,8 +202,13 @@ class BulkConfig(StrictModel):
         task: ``ocr`` (detect + recognise), ``recognize`` (each input image is one line crop) or
             ``latex`` (each input image is one formula; ``text`` is its LaTeX).
         detector: detection model folder (``task: ocr``).
-        recognizer: recognition model folder; for ``task: latex`` a formula model folder (default
-            ``models/satrn_latex`` when the field is not given).
+        recognizer: recognition model folder, or a list of them read as their propose-and-score
+            ensemble (:class:`~ocrjobs.recognition.ensemble.Ensemble`, as Serve combines its members;
+            the rows' ``recognizer`` is then the members' ``name@version`` joined by ``+`` and each line
+            has every member's own reading in ``members``). For ``task: latex`` formula model folders;
+            when the field is not given, :data:`FORMULA_ENSEMBLE` (run with whichever of its folders
+            exist, :func:`default_formula_members`); ``null`` means the task's default
+            (``models/crnn_en`` for ``ocr`` and ``recognize``).
         shard_size: images per output shard.
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
         max_pixels: largest ``width * height`` decoded; larger images become ``too_many_pixels`` rows.
@@ -216,7 +229,7 @@ class BulkConfig(StrictModel):
     output: str
     task: Literal["ocr", "recognize", "latex"] = "ocr"
     detector: str = "models/dbnet_doc"
-    recognizer: str = "models/crnn_en"
+    recognizer: str | list[str] = _LINE_RECOGNIZER
     shard_size: int = Field(default=1000, ge=1)
     max_shards: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
@@ -232,11 +245,30 @@ class BulkConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _formula_recognizer(cls, data: Any) -> Any:
-        # The line recognizer is no default for formulas: without an explicit recognizer, use ours.
-        if isinstance(data, dict) and data.get("task") == "latex" and data.get("recognizer") is None:
-            data = {**data, "recognizer": "models/satrn_latex"}
+    def _task_recognizer(cls, data: Any) -> Any:
+        # No recognizer (or null): the task's own. The line recognizer is no default for formulas.
+        if isinstance(data, dict) and data.get("recognizer") is None:
+            default = list(FORMULA_ENSEMBLE) if data.get("task") == "latex" else _LINE_RECOGNIZER
+            data = {**data, "recognizer": default}
         return data
+
+    @field_validator("recognizer")
+    @classmethod
+    def _recognizer_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of recognizers")
+            from ocrjobs.recognition.ensemble import member_names
+
+            member_names(value)  # the same folder twice is an error
+            if len(value) == 1:
+                return value[0]
+        return value
+
+    @property
+    def recognizers(self) -> list[str]:
+        """The recognizer folders as a list (one item, or an ensemble's members in order)."""
+        return [self.recognizer] if isinstance(self.recognizer, str) else list(self.recognizer)
 
 
 def _fill(pool: PoolConfig, defaults: Mapping[str, Any]) -> PoolConfig:
@@ -390,23 +422,28 @@ def _stage_device(config: BulkConfig, pool: PoolConfig) -> str:
 
 
 def model_id(
-    path: str, task: Literal["detection", "recognition", "latex"], config: StorageConfig | None = None
+    path: str | Sequence[str],
+    task: Literal["detection", "recognition", "latex"],
+    config: StorageConfig | None = None,
 ) -> str:
     """``name@version`` of a model folder, from its ``config.yaml`` (the weights are not read).
 
     Args:
-        path: the model folder (local or ``s3://``).
-        task: the task the folder must hold.
+        path: the model folder (local or ``s3://``), or an ensemble's folders.
+        task: the task the folder(s) must hold.
         config: S3 settings.
 
     Returns:
-        The identifier written into every output row.
+        The identifier written into every output row; an ensemble's is its members' joined by ``+``
+        (``satrn_latex@3+satrn64_latex@1``).
 
     Raises:
-        ConfigError: the folder has no ``config.yaml``, it is invalid, or it holds another task.
+        ConfigError: a folder has no ``config.yaml``, it is invalid, or it holds another task.
     """
     from ocrjobs.registry import CONFIG_FILE, read_model_spec
 
+    if not isinstance(path, str):
+        return "+".join(model_id(p, task, config) for p in path)
     try:
         spec = read_model_spec(path, config)
     except storage.ObjectNotFoundError:
@@ -417,6 +454,31 @@ def model_id(
     if spec.task != task:
         raise ConfigError(f"{path}: holds a {spec.task} model, the bulk job needs a {task} model here")
     return f"{spec.name}@{spec.version}"
+
+
+def default_formula_members(config: BulkConfig) -> BulkConfig:
+    """``config`` with the default formula ensemble cut down to the folders that exist.
+
+    A ``task: latex`` config whose recognizer is :data:`FORMULA_ENSEMBLE` (the default) runs with
+    whichever of its folders hold a model; if none does, it is left whole, so :func:`model_id` names
+    the first missing folder. Any other recognizer is returned as given (a missing folder is an error).
+
+    Args:
+        config: the job's config.
+
+    Returns:
+        The config to run.
+    """
+    from ocrjobs.registry import CONFIG_FILE
+
+    if config.task != "latex" or config.recognizers != list(FORMULA_ENSEMBLE):
+        return config
+    found = [p for p in FORMULA_ENSEMBLE if storage.exists(storage.join(p, CONFIG_FILE), config.storage)]
+    if not found or len(found) == len(FORMULA_ENSEMBLE):
+        return config
+    missing = [p for p in FORMULA_ENSEMBLE if p not in found]
+    log.warning("formula ensemble: %s not found, reading with %s", ", ".join(missing), ", ".join(found))
+    return config.model_copy(update={"recognizer": found[0] if len(found) == 1 else found})
 
 
 # ---------------------------------------------------------------------------------------- sharding
@@ -722,7 +784,9 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
         num_cpus=config.decode.num_cpus,
         udf_modifying_row_count=False,
     )
-    stages: list[tuple[type, str, PoolConfig]] = [(RecognizeStage, config.recognizer, config.recognition)]
+    stages: list[tuple[type, str | list[str], PoolConfig]] = [
+        (RecognizeStage, config.recognizer, config.recognition)
+    ]
     if config.task == "ocr":
         stages.insert(0, (DetectStage, config.detector, config.detection))
     for stage, model_dir, pool in stages:
@@ -1065,6 +1129,7 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
     import ray
 
     started = time.perf_counter()
+    config = default_formula_members(config)
     detector = model_id(config.detector, "detection", config.storage) if config.task == "ocr" else None
     rec_task: Literal["recognition", "latex"] = "latex" if config.task == "latex" else "recognition"
     recognizer = model_id(config.recognizer, rec_task, config.storage)
@@ -1166,7 +1231,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ocr (default), recognize (line crops) or latex (formula images)",
     )
     parser.add_argument("--detector", help="detection model folder")
-    parser.add_argument("--recognizer", help="recognition model folder")
+    parser.add_argument(
+        "--recognizer",
+        action="append",
+        help="recognition model folder; repeat it to read with the members' propose-and-score ensemble "
+        f"(task latex default: {' + '.join(FORMULA_ENSEMBLE)}, or whichever of them exists)",
+    )
     parser.add_argument("--shard-size", type=int, help="images per output shard")
     parser.add_argument("--max-shards", type=int, help="process at most N unfinished shards in this run")
     parser.add_argument(
@@ -1187,6 +1257,8 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
     overrides: dict[str, Any] = parse_overrides(args.set)
     for name in ("input", "output", "task", "detector", "recognizer", "shard_size", "max_shards"):
         value = getattr(args, name, None)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]  # one --recognizer: the single-model form of the config
         if value is not None:
             overrides[name] = value
     return load_config(args.config, BulkConfig, overrides)

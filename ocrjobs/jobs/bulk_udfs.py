@@ -8,7 +8,10 @@ the same order, so an image never splits into several rows and the driver only h
 2. :class:`DetectStage` (actor pool): detect text polygons, then crop and rectify every polygon with
    :func:`ocrjobs.geometry.crop_polygon`; the page pixels are dropped here and only the crops travel on.
 3. :class:`RecognizeStage` (actor pool): recognise the crops of all images of the batch in one call (the
-   predictor buckets them by width) and assemble each image's ``lines`` and ``text``.
+   predictor buckets them by width) and assemble each image's ``lines`` and ``text``. With several
+   recognizer folders the actor holds them all and reads with their propose-and-score ensemble
+   (:class:`ocrjobs.recognition.ensemble.Ensemble`, the rounds Serve runs across its member
+   deployments); each line then also carries every member's own reading (``members``).
 
 For ``task: recognize`` and ``task: latex`` stage 2 is skipped and each whole image is one line crop (or formula).
 
@@ -44,7 +47,8 @@ from ocrjobs.config import StorageConfig
 
 if TYPE_CHECKING:
     from ocrjobs.detection.predictor import DetectionPredictor
-    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.ensemble import EnsembleResult
+    from ocrjobs.recognition.predictor import RecognizedText
 
 __all__ = [
     "DECODED_SCHEMA",
@@ -52,6 +56,7 @@ __all__ = [
     "ERROR_REASONS",
     "INPUT_SCHEMA",
     "LINE_TYPE",
+    "MEMBER_TYPE",
     "OUTPUT_SCHEMA",
     "RESULT_SCHEMA",
     "TIMING_COLUMNS",
@@ -77,14 +82,27 @@ ERROR_REASONS: frozenset[str] = frozenset(
     }
 )
 
+# One ensemble member's own reading of a line (its round-1 proposal): the member's name (its model
+# folder's name), its text and its confidence in [0, 1].
+MEMBER_TYPE = pa.struct(
+    [
+        pa.field("name", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("score", pa.float32()),
+    ]
+)
+
 # One recognised line. The polygon is flat ``[x0, y0, x1, y1, ...]`` in original image pixels;
-# det_score is null for ``task: recognize`` (nothing was detected: the whole image is the line).
+# det_score is null for ``task: recognize`` and ``latex`` (nothing was detected: the whole image is the
+# line). With an ensemble of recognizers, ``text``/``rec_score`` are the ensemble's and ``members``
+# holds each member's reading in member order; with one recognizer ``members`` is null.
 LINE_TYPE = pa.struct(
     [
         pa.field("polygon", pa.list_(pa.float32())),
         pa.field("text", pa.string()),
         pa.field("det_score", pa.float32()),
         pa.field("rec_score", pa.float32()),
+        pa.field("members", pa.list_(MEMBER_TYPE)),
     ]
 )
 
@@ -305,6 +323,15 @@ def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _members(result: RecognizedText | EnsembleResult) -> list[dict[str, Any]] | None:
+    """Each member's own reading of a line (:data:`MEMBER_TYPE`), or ``None`` from a single recognizer."""
+    from ocrjobs.recognition.ensemble import EnsembleResult
+
+    if not isinstance(result, EnsembleResult):
+        return None
+    return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in result.members]
+
+
 # ---------------------------------------------------------------------------------------- detection
 
 
@@ -403,26 +430,37 @@ class RecognizeStage:
     Takes :data:`DETECTED_SCHEMA` rows (``task: ocr``) or :data:`DECODED_SCHEMA` rows (``task:
     recognize`` and ``latex``: the whole image is one line or formula, its polygon the image rectangle, its
     ``det_score`` null).
-    The model is loaded once per actor, in ``__init__``.
+    The models are loaded once per actor, in ``__init__``. Several folders make one in-process
+    :class:`~ocrjobs.recognition.ensemble.Ensemble` (members named by their folders, as Serve names
+    them): every member proposes for the whole batch, then scores the others' proposals.
 
     Args:
-        model_dir: recognition model folder (local path present on every node, or ``s3://``).
+        model_dir: recognition model folder (local path present on every node, or ``s3://``), or a
+            list of them for an ensemble, in member order.
         device: ``"cpu"`` or ``"cuda"``.
         amp: autocast on the GPU.
-        model_batch_size: crops per forward pass; ``None`` keeps the predictor's default.
+        model_batch_size: crops per forward pass (of each member); ``None`` keeps the predictors' default.
     """
 
     def __init__(
-        self, model_dir: str, device: str = "cpu", amp: bool = False, model_batch_size: int | None = None
+        self,
+        model_dir: str | Sequence[str],
+        device: str = "cpu",
+        amp: bool = False,
+        model_batch_size: int | None = None,
     ) -> None:
+        from ocrjobs.recognition.ensemble import Ensemble
         from ocrjobs.recognition.predictor import RecognitionPredictor
 
         overrides: dict[str, Any] = {"amp": amp}
         if model_batch_size is not None:
             overrides["batch_size"] = model_batch_size
-        self.predictor: RecognitionPredictor = RecognitionPredictor.from_model_dir(
-            model_dir, device=device, **overrides
-        )
+        dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
+        self.read: Callable[[list[np.ndarray]], Sequence[RecognizedText | EnsembleResult]]
+        if len(dirs) == 1:
+            self.read = RecognitionPredictor.from_model_dir(dirs[0], device=device, **overrides)
+        else:
+            self.read = Ensemble.from_model_dirs(dirs, device=device, **overrides)
 
     def _lines_of(
         self, batch: pa.Table, ok: list[int]
@@ -467,13 +505,19 @@ class RecognizeStage:
 
         ok = _ok_rows(batch)
         crops, polygons, det_scores = self._lines_of(batch, ok)
-        results = _run_isolated(lambda items: self.predictor(items), crops)
+        results = _run_isolated(lambda items: list(self.read(items)), crops)
         for k, (i, result) in enumerate(zip(ok, results, strict=True)):
             if isinstance(result, Exception):
                 errors[i], details[i] = "recognition_failed", _failure(result)
                 continue
             lines[i] = [
-                {"polygon": polygon, "text": rec.text, "det_score": det, "rec_score": float(rec.score)}
+                {
+                    "polygon": polygon,
+                    "text": rec.text,
+                    "det_score": det,
+                    "rec_score": float(rec.score),
+                    "members": _members(rec),
+                }
                 for polygon, det, rec in zip(polygons[k], det_scores[k], result, strict=True)
             ]
             # Lines are already in reading order (the detector's contract); blank reads add no text.

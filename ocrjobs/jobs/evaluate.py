@@ -12,6 +12,13 @@ Tasks and what they score:
 * ``latex`` — formula texts against an im2latex split: sentence accuracy, token edit distance,
   BLEU-4 and the formula score.
 
+Several recognizers (``--model A --model B``, ``recognition`` and ``latex``) are scored as the
+propose-and-score ensemble Serve and the bulk job use (:func:`ocrjobs.recognition.ensemble.run_ensemble`,
+members in the order given): the top-level metrics are the ensemble's, and ``members`` holds each
+member's own metrics on the same samples in the same run (its round-1 reading), with its seconds alone
+(reading the images plus its proposals) and the seconds its round-2 scoring adds to the ensemble.
+Every text run reports ``seconds_per_sample`` (per formula for ``latex``); model loading is not timed.
+
 Saved predictions (``--predictions FILE.jsonl``) are matched to the data by key:
 ``{"image": "<file name>", "lines": [{"polygon": [[x, y], ...], "text": "...", "score": 0.9}]}`` per
 image for detection/e2e; ``{"id": "<file name>#<region index>" | "<file name>", "text": "..."}`` per
@@ -23,6 +30,8 @@ Examples::
     ocrjobs eval recognition --data ../shared/data/sroie/dev --format sroie --model models/crnn_en
     ocrjobs eval latex --data ../shared/data/im2latex --format im2latex --split validate \\
         --predictions preds.jsonl --json out/latex_eval.json
+    ocrjobs eval latex --data ../shared/data/im2latex --format im2latex --split validate \\
+        --model models/satrn_latex --model models/satrn64_latex
 """
 
 from __future__ import annotations
@@ -30,12 +39,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ocrjobs.config import StorageConfig, StrictModel, dump_config, load_config, parse_overrides
 
@@ -43,6 +51,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ocrjobs.data.records import Record
+    from ocrjobs.recognition.ensemble import Member, Proposal
 
 __all__ = ["EvalConfig", "add_arguments", "evaluate", "run"]
 
@@ -60,7 +69,9 @@ class EvalConfig(StrictModel):
         format: a key of ``ocrjobs.data.formats.FORMATS`` (``sroie``, ``words_json``, ``icdar2015``,
             ``im2latex``, ``lines``).
         split: dataset split for formats that hold several (im2latex: ``train``/``validate``).
-        model: model folder (detection or recognition model; the detector for ``e2e``).
+        model: model folder (detection or recognition model; the detector for ``e2e``), or for
+            ``recognition`` and ``latex`` a list of recognizer folders scored as their ensemble (a
+            one-item list is the single model).
         rec_model: the recognizer for ``e2e``.
         predictions: JSONL of saved predictions, scored instead of running a model.
         limit: score only the first N images (sorted by name).
@@ -75,7 +86,7 @@ class EvalConfig(StrictModel):
     data: str
     format: str
     split: str | None = None
-    model: str | None = None
+    model: str | list[str] | None = None
     rec_model: str | None = None
     predictions: str | None = None
     limit: int | None = Field(default=None, ge=1)
@@ -84,12 +95,32 @@ class EvalConfig(StrictModel):
     device: str = "cpu"
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
+    @field_validator("model")
+    @classmethod
+    def _model_list(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list of models")
+            from ocrjobs.recognition.ensemble import member_names
+
+            member_names(value)  # the same folder twice is an error
+            if len(value) == 1:
+                return value[0]
+        return value
+
+    @property
+    def models(self) -> list[str]:
+        """The model folders, as a list (empty when scoring saved predictions)."""
+        return [] if self.model is None else [self.model] if isinstance(self.model, str) else list(self.model)
+
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
         if (self.model is None) == (self.predictions is None):
             raise ValueError(
                 "give exactly one of 'model' (run a model) or 'predictions' (score a JSONL file)"
             )
+        if isinstance(self.model, list) and self.task not in ("recognition", "latex"):
+            raise ValueError(f"task {self.task} scores one model; several only for recognition and latex")
         if self.task == "e2e" and self.model is not None and self.rec_model is None:
             raise ValueError("task e2e with a model needs 'rec_model' (the recognizer) too")
         return self
@@ -104,7 +135,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--format", dest="format", help="dataset format: sroie, words_json, icdar2015, im2latex, lines"
     )
     parser.add_argument("--split", help="split for formats with several (im2latex: train, validate)")
-    parser.add_argument("--model", help="model folder (the detector for e2e)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help="model folder (the detector for e2e); repeat it to score recognizers as their ensemble "
+        "(recognition, latex), printing each member's metrics beside the ensemble's",
+    )
     parser.add_argument("--rec-model", help="recognizer model folder (e2e)")
     parser.add_argument("--predictions", help="JSONL of saved predictions to score instead of a model")
     parser.add_argument("--limit", type=int, help="score only the first N images")
@@ -138,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         "device",
     ):
         value = getattr(args, field, None)
+        if isinstance(value, list) and len(value) == 1:
+            value = value[0]  # one --model: the single-model form of the config
         if value is not None:
             overrides[field] = value
     config = load_config(args.config, EvalConfig, overrides)
@@ -228,7 +266,7 @@ def _run_detection_models(config: EvalConfig, records: list[Record]) -> list[lis
     from ocrjobs.images import read_image
     from ocrjobs.metrics import Prediction
 
-    assert config.model is not None
+    assert isinstance(config.model, str)  # the validator allows lists only for recognizers
     detector = DetectionPredictor.from_model_dir(config.model, device=config.device)
     recognizer = None
     if config.task == "e2e":
@@ -269,38 +307,100 @@ def _text_samples(records: list[Record], config: EvalConfig) -> Iterator[tuple[s
                 yield name, region.text, record, i
 
 
+def _speed(seconds: float, n: int) -> dict[str, float]:
+    return {
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(n / max(seconds, 1e-9), 3),
+        "seconds_per_sample": round(seconds / max(n, 1), 4),
+    }
+
+
 def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
     from ocrjobs.metrics import latex_metrics, text_metrics
+    from ocrjobs.recognition.ensemble import run_ensemble
 
     samples = list(_text_samples(records, config))
     if not samples:
         raise ValueError(f"{config.data}: no text samples to score")
     refs = [ref for _, ref, _, _ in samples]
-    start = time.perf_counter()
+    scorer: Callable[[Sequence[str], Sequence[str]], dict[str, float]] = (
+        latex_metrics if config.task == "latex" else text_metrics
+    )
     if config.predictions:
+        start = time.perf_counter()
         saved = _read_jsonl(config.predictions, config.storage, key="id")
         preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
-    else:
-        preds = _run_text_model(config, samples)
-    seconds = time.perf_counter() - start
-    metrics = latex_metrics(preds, refs) if config.task == "latex" else text_metrics(preds, refs)
-    metrics.update(seconds=round(seconds, 3), samples_per_s=round(len(samples) / max(seconds, 1e-9), 3))
+        return {**scorer(preds, refs), **_speed(time.perf_counter() - start, len(samples))}
+    members = [_TimedMember(m) for m in _load_members(config)]
+    start = time.perf_counter()
+    crops = _text_crops(config, samples)
+    read_seconds = time.perf_counter() - start
+    # Serve's and the bulk job's ensemble; a single member only proposes (its predictor's own reading).
+    results = run_ensemble(members, crops)
+    metrics: dict[str, Any] = {
+        **scorer([r.text for r in results], refs),
+        **_speed(time.perf_counter() - start, len(samples)),
+    }
+    if len(members) > 1:
+        metrics["members"] = {
+            member.name: {
+                "model": path,
+                **scorer([r.members[m].text for r in results], refs),
+                **_speed(read_seconds + member.propose_seconds, len(samples)),
+                "score_seconds": round(member.score_seconds, 3),
+            }
+            for m, (member, path) in enumerate(zip(members, config.models, strict=True))
+        }
     return metrics
 
 
-def _run_text_model(config: EvalConfig, samples: list[tuple[str, str, Record, int]]) -> list[str]:
-    from ocrjobs.geometry import crop_polygon
-    from ocrjobs.images import read_image
+class _TimedMember:
+    """A member that adds up the seconds of its two rounds (the member's own speed in an ensemble run)."""
+
+    def __init__(self, member: Member) -> None:
+        self.member = member
+        self.name = member.name
+        self.propose_seconds = 0.0
+        self.score_seconds = 0.0
+
+    def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        start = time.perf_counter()
+        try:
+            return self.member.propose(crops)
+        finally:
+            self.propose_seconds += time.perf_counter() - start
+
+    def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
+        start = time.perf_counter()
+        try:
+            return self.member.score(crops, candidates)
+        finally:
+            self.score_seconds += time.perf_counter() - start
+
+
+def _load_members(config: EvalConfig) -> list[Member]:
+    """The recognizers of ``config.model``, named as Serve names members (their folders' names)."""
+    from ocrjobs.recognition.ensemble import Ensemble, Member, member_names
     from ocrjobs.recognition.predictor import RecognitionPredictor
 
-    assert config.model is not None
+    load: Callable[..., RecognitionPredictor] = RecognitionPredictor.from_model_dir
     if config.task == "latex":
-        # Formula models carry a LaTeX token vocabulary, which from_model_dir's charset reader lacks.
+        # Refuses a folder that reads text lines rather than formulas.
         from ocrjobs.recognition.latex import latex_predictor_from_model_dir
 
-        recognizer = latex_predictor_from_model_dir(config.model, device=config.device)
-    else:
-        recognizer = RecognitionPredictor.from_model_dir(config.model, device=config.device)
+        load = latex_predictor_from_model_dir
+    paths = config.models
+    members = [
+        Member(load(path, device=config.device), name=name)
+        for path, name in zip(paths, member_names(paths), strict=True)
+    ]
+    return Ensemble(members).members  # checks the names and warns about differing charsets
+
+
+def _text_crops(config: EvalConfig, samples: list[tuple[str, str, Record, int]]) -> list[np.ndarray]:
+    from ocrjobs.geometry import crop_polygon
+    from ocrjobs.images import read_image
+
     crops: list[np.ndarray] = []
     cache: dict[str, np.ndarray] = {}
     for _, _, record, i in samples:
@@ -310,7 +410,7 @@ def _run_text_model(config: EvalConfig, samples: list[tuple[str, str, Record, in
         image = cache[record.uri]
         region = record.regions[i]
         crops.append(crop_polygon(image, region.polygon()) if region.points else image)
-    return [r.text for r in recognizer(crops)]
+    return crops
 
 
 # ---------------------------------------------------------------- helpers
@@ -337,11 +437,22 @@ def _as_polygon(points: Any) -> np.ndarray:
     return np.asarray(points, dtype=np.float32).reshape(-1, 2)
 
 
+def _numbers(result: dict[str, Any]) -> dict[str, int | float]:
+    return {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _cell(value: int | float | None) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _print_table(result: dict[str, Any]) -> None:
-    rows = [
-        (k, v) for k, v in sorted(result.items()) if isinstance(v, (int, float)) and not isinstance(v, bool)
-    ]
-    width = max((len(k) for k, _ in rows), default=6)
-    print(f"{'metric':<{width}}  value", file=sys.stdout)
-    for k, v in rows:
-        print(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    """One ``value`` column, or with ``members`` one column per member and the ``ensemble`` last."""
+    columns = {name: _numbers(m) for name, m in result.get("members", {}).items()}
+    columns["ensemble" if columns else "value"] = _numbers(result)
+    keys = sorted({k for c in columns.values() for k in c})
+    width = max((len(k) for k in keys), default=6)
+    widths = [max(len(name), 10) for name in columns]
+    print(f"{'metric':<{width}}  " + "  ".join(f"{n:<{w}}" for n, w in zip(columns, widths, strict=True)))
+    for k in keys:
+        cells = [f"{_cell(c.get(k)):<{w}}" for c, w in zip(columns.values(), widths, strict=True)]
+        print(f"{k:<{width}}  " + "  ".join(cells).rstrip())

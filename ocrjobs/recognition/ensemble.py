@@ -58,6 +58,7 @@ __all__ = [
     "Proposal",
     "SyncMember",
     "combine",
+    "member_names",
     "run_ensemble",
     "run_ensemble_async",
     "scoring_requests",
@@ -263,6 +264,34 @@ class Member:
         }
 
 
+def member_names(paths: Sequence[str | Path]) -> list[str]:
+    """Member names for model folders: each folder's own name, as Serve names its members
+    (``models/satrn_latex`` -> ``satrn_latex``), or every path as given where two folders share a name.
+
+    Args:
+        paths: model folders (local or ``s3://``), in member order.
+
+    Returns:
+        One unique name per folder.
+
+    Raises:
+        ValueError: the same folder is named twice.
+
+    >>> member_names(["models/satrn_latex", "s3://m/satrn64_latex/"])
+    ['satrn_latex', 'satrn64_latex']
+    >>> member_names(["runs/a/model", "runs/b/model"])
+    ['runs/a/model', 'runs/b/model']
+    """
+    from ocrjobs import storage
+
+    given = [str(p).rstrip("/") for p in paths]
+    repeated = sorted({p for p in given if given.count(p) > 1})
+    if repeated:
+        raise ValueError(f"the same model folder is named more than once: {repeated}")
+    names = [storage.basename(p) for p in given]
+    return names if len(set(names)) == len(names) else given
+
+
 def scoring_requests(proposals: Sequence[Sequence[Proposal]]) -> list[list[list[str]]]:
     """Which texts each member must score in round 2.
 
@@ -439,17 +468,24 @@ class Ensemble:
 
     @classmethod
     def from_model_dirs(cls, paths: Sequence[str | Path], device: str = "cpu", **overrides: Any) -> Ensemble:
-        """Load one member per recognition model folder (names: the models' names).
+        """Load one member per recognition model folder, named by :func:`member_names` (as Serve names
+        its members: the folders' names).
 
         Args:
-            paths: model folders.
+            paths: model folders, in member order.
             device: torch device for every member.
             **overrides: predictor settings for every member.
 
         Returns:
             The ensemble.
         """
-        return cls([Member.from_model_dir(p, device=device, **overrides) for p in paths])
+        names = member_names(paths)
+        return cls(
+            [
+                Member.from_model_dir(p, device=device, name=n, **overrides)
+                for p, n in zip(paths, names, strict=True)
+            ]
+        )
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[EnsembleResult]:
         """Read line crops (see :func:`run_ensemble`)."""

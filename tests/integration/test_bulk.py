@@ -19,7 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ocrjobs import cli, storage
-from ocrjobs.jobs.bulk import BulkConfig, ExportsConfig, run_bulk
+from ocrjobs.jobs.bulk import FORMULA_ENSEMBLE, BulkConfig, ExportsConfig, run_bulk
 from ocrjobs.jobs.bulk import _report as bulk_report
 from ocrjobs.jobs.bulk_udfs import OUTPUT_SCHEMA
 from tests.conftest import S3Server
@@ -300,7 +300,41 @@ def test_latex_task_reads_each_formula_image_with_a_formula_model(
         # The job's answer is the formula model's own reading of the image: tokens of its vocabulary.
         assert row["text"] == row["lines"][0]["text"] == expected[i].text
         assert set(row["text"].split()) <= set(tokenizer.vocabulary.tokens)
-    assert BulkConfig(input="in", output="out", task="latex").recognizer == "models/satrn_latex"
+    # Without a recognizer: the shipped formula ensemble (whichever of its folders exist at run time).
+    assert BulkConfig(input="in", output="out", task="latex").recognizer == list(FORMULA_ENSEMBLE)
+
+
+def test_latex_task_with_two_formula_members_writes_their_ensembles_reading(tmp_path: Path) -> None:
+    from ocrjobs.recognition.ensemble import Ensemble
+    from tests.unit.test_latex_ensemble_jobs import formula_images, write_formula_models
+
+    models = write_formula_models(tmp_path / "models")
+    inputs = tmp_path / "formulas"
+    inputs.mkdir()
+    images = formula_images(3)
+    for name, pixels in images.items():
+        Image.fromarray(pixels).save(inputs / name)
+    (inputs / "f9.png").write_bytes(b"")
+    out = tmp_path / "out"
+    config = BulkConfig(
+        input=str(inputs), output=str(out), task="latex", recognizer=models, exports=ExportsConfig(jsonl=True)
+    )
+    summary = run_bulk(config)
+
+    ensemble_id = "satrn_latex@test+satrn64_latex@test"
+    assert summary["models"] == {"detector": None, "recognizer": ensemble_id}
+    assert summary["errors"] == {"empty": 1} and summary["processed"] == 4
+    rows = {storage.basename(r["uri"]): r for r in read_rows(str(out))}
+    assert sorted(rows) == ["f0.png", "f1.png", "f2.png", "f9.png"] and rows["f9.png"]["error"] == "empty"
+    expected = Ensemble.from_model_dirs(models)(list(images.values()))
+    for name, want in zip(images, expected, strict=True):
+        row = rows[name]
+        (line,) = row["lines"]
+        assert row["error"] is None and row["recognizer"] == ensemble_id
+        assert row["text"] == line["text"] == want.text
+        assert [(m["name"], m["text"]) for m in line["members"]] == [(m.name, m.text) for m in want.members]
+    exported = [json.loads(x) for x in next((out / "jsonl").glob("*.jsonl")).read_text().splitlines()]
+    assert exported[0]["lines"][0]["members"][1]["name"] == "satrn64_latex"
 
 
 def test_demo_prints_a_table_of_the_bundled_receipts(
