@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP_FLAGS := --quiet --disable-pip-version-check -c constraints.txt
 
-.PHONY: setup demo test test-unit test-integration lint format clean
+.PHONY: setup demo test test-unit test-integration lint format clean formula-data latex
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,38 @@ lint: setup
 format: setup
 	$(BIN)/ruff format ocrjobs tests benchmarks
 	$(BIN)/ruff check --fix ocrjobs tests benchmarks
+
+# Formula training shards (issue 15), rendered once and read by training as `format: im2latex` sources:
+# the im2latex train formulas 4 times (LaTeX and mathtext cm/stix/dejavusans), formulas_hs (all of it) and
+# FORMULA_GRAMMAR grammar formulas, LaTeX where installed (auto) else mathtext. Smallest folders first, so
+# training can start on them early; a folder with a _summary.json is done and skipped (delete it to redo).
+SHARED_DATA ?= ../shared/data
+FORMULA_DATA ?= data/formulas
+FORMULA_WORKERS ?= 1
+FORMULA_GRAMMAR ?= 20000
+FORMULA_SYNTH = $(BIN)/ocrjobs synth formulas --workers $(FORMULA_WORKERS) --fontsets cm,stix,dejavusans
+FORMULA_HS = --formulas-file $(SHARED_DATA)/formulas_hs/formulas.lst --renderers auto,auto,mathtext --handwriting 0.1
+FORMULA_GRAMMAR_ARGS = --source grammar --seed 1 --renderers auto,mathtext --handwriting 0.1
+
+# Real LaTeX renders for formula training (optional: without them formulas render with matplotlib's
+# mathtext, which draws no environments and differs from im2latex's pdflatex images). Debian/Ubuntu, root.
+latex:
+	command -v latex >/dev/null && command -v dvipng >/dev/null || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends texlive-latex-base \
+		texlive-fonts-recommended dvipng; }
+
+formula-data: setup
+	mkdir -p $(FORMULA_DATA) && echo '*' > $(FORMULA_DATA)/.gitignore  # generated data: never committed
+	test -f $(FORMULA_DATA)/im2latex_train/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_train \
+		--from-train $(SHARED_DATA)/im2latex --passes 4 --renderers auto,mathtext
+	# formulas_hs in parts (item i = line i): 5000 first, then the grammar's first half, then the rest.
+	for part in hs:0:5000 grammar:0:$$(($(FORMULA_GRAMMAR) / 2)) hs:5000:10000 hs:15000:10000 hs:25000:10000 \
+			hs:35000:10000 hs:45000: grammar:$$(($(FORMULA_GRAMMAR) / 2)):$$(($(FORMULA_GRAMMAR) - $(FORMULA_GRAMMAR) / 2)); do \
+		IFS=: read -r kind start count <<< "$$part"; out=$(FORMULA_DATA)/$${kind}_$$(printf %05d $$start); \
+		args=$$([ $$kind = hs ] && echo "$(FORMULA_HS)" || echo "$(FORMULA_GRAMMAR_ARGS)"); \
+		test -f $$out/_summary.json || $(FORMULA_SYNTH) --out $$out $$args --start $$start $${count:+--count $$count}; \
+	done
+	$(BIN)/python -c 'import glob, json; [print("%s: %d rendered, %d skipped %s" % (p, s["rendered"], s["skipped"], s["skipped_by_reason"])) for p in sorted(glob.glob("$(FORMULA_DATA)/*/_summary.json")) for s in [json.load(open(p))]]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -184,13 +184,19 @@ def test_synth_formulas_cli_writes_an_im2latex_folder(
 ) -> None:
     out = tmp_path / "synth"
     root = str(shared_data / "im2latex")
-    assert _synth(["formulas", "--out", str(out), "--count", "4", "--from-train", root, "--seed", "2"]) == 0
+    argv = ["formulas", "--out", str(out), "--count", "4", "--from-train", root, "--seed", "2"]
+    assert _synth([*argv, "--renderers", "mathtext"]) == 0
     records = read_im2latex(str(out))
-    assert len(records) == 4 and all(Path(r.uri).exists() for r in records)
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["rendered"] + summary["skipped"] == 4 and len(records) == summary["rendered"] > 0
+    assert all(Path(r.uri).exists() for r in records)
+    train = sorted({r.text for r in read_im2latex(root)})
+    assert all(r.text in train for r in records)  # --from-train re-renders train formulas only
     vocab = (out / "vocab.txt").read_text().split()
     assert {t for r in records for t in r.text.split()} == set(vocab)
     printed = capsys.readouterr().out
-    assert "renderer mathtext; 4 rendered" in printed and "wrote 4 formulas" in printed
+    assert f"{len(records)} of 4 rendered (mathtext/cm {len(records)};" in printed
+    assert f"wrote {len(records)} formulas" in printed
     with pytest.raises(Exception, match="held-out"):
         _synth(
             [
