@@ -120,7 +120,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # input heights 48 and 64), or whichever of the two folders exists (default_formula_members).
 FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex")
 # The recognizer of ``task: ocr`` and ``recognize`` when none is given.
-_LINE_RECOGNIZER = "models/crnn_en"
+_LINE_RECOGNIZER = "models/crnn_doc"
 
 # Output formats: each has its own folder under the output, named like its file extension. Parquet is
 # the completion marker of a shard.
@@ -208,8 +208,8 @@ class BulkConfig(StrictModel):
             has every member's own reading in ``members``). For ``task: latex`` formula model folders;
             when the field is not given, :data:`FORMULA_ENSEMBLE` (run with whichever of its folders
             exist, :func:`default_formula_members`); ``null`` means the task's default
-            (``models/crnn_en`` for ``ocr`` and ``recognize``).
-        shard_size: images per output shard.
+            (``models/crnn_doc`` for ``ocr`` and ``recognize``).
+        shard_size: input files per output shard (a shard holds every page of its files).
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
         max_pixels: largest ``width * height`` decoded; larger images become ``too_many_pixels`` rows.
         device: ``auto`` (GPU stages when the pools have GPUs), ``cpu`` or ``cuda``.

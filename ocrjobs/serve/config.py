@@ -337,7 +337,7 @@ class ServeConfig(StrictModel):
 
     detector: DetectorConfig = Field(default_factory=DetectorConfig)
     members: list[MemberConfig] = Field(
-        default_factory=lambda: [MemberConfig(model="models/crnn_en")], min_length=1
+        default_factory=lambda: [MemberConfig(model="models/crnn_doc")], min_length=1
     )
     formulas: list[MemberConfig] = Field(default_factory=list)
     ingress: IngressConfig = Field(default_factory=IngressConfig)

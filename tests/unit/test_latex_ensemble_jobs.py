@@ -212,10 +212,10 @@ def test_bulk_config_takes_several_recognizers_and_defaults_to_the_formula_ensem
     models: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert BulkConfig(input="in", output="out", task="latex").recognizer == list(FORMULA_ENSEMBLE)
-    assert BulkConfig(input="in", output="out").recognizer == "models/crnn_en"
+    assert BulkConfig(input="in", output="out").recognizer == "models/crnn_doc"
     # configs/bulk.yaml leaves the recognizer to the task (null), so --task latex reads formulas.
     guide = Path(__file__).resolve().parents[2] / "configs" / "bulk.yaml"
-    for task, recognizer in (("latex", list(FORMULA_ENSEMBLE)), ("ocr", "models/crnn_en")):
+    for task, recognizer in (("latex", list(FORMULA_ENSEMBLE)), ("ocr", "models/crnn_doc")):
         overrides = {"input": "in", "output": "out", "task": task}
         assert load_config(guide, BulkConfig, overrides).recognizer == recognizer
     assert BulkConfig(input="in", output="out", recognizer=[models[0]]).recognizer == models[0]

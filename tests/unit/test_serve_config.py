@@ -22,7 +22,7 @@ def test_the_shipped_serve_yaml_is_a_serve_config_file_for_our_builder() -> None
     assert (file.http_options.host, file.http_options.port) == ("127.0.0.1", 8000)
     assert (app.import_path, app.route_prefix) == (APP_IMPORT_PATH, "/")
     assert config.detector.model == "models/dbnet_doc"
-    assert [m.model for m in config.members] == ["models/crnn_en"]
+    assert [m.model for m in config.members] == ["models/crnn_doc"]
     assert config.auth.token_env == "OCRJOBS_SERVE_TOKEN"
     # The second member is there, commented out, until its model is trained.
     assert "# - {model: models/aster_en" in SERVE_YAML.read_text()
@@ -47,7 +47,7 @@ def test_the_rayservice_manifest_carries_a_valid_config() -> None:
 
 def test_defaults_and_deployment_options() -> None:
     config = ServeConfig.from_args({})
-    assert [m.resolved_name for m in config.members] == ["crnn_en"]
+    assert [m.resolved_name for m in config.members] == ["crnn_doc"]
     options = config.detector.deployment_options()
     assert options["num_replicas"] == 1 and "autoscaling_config" not in options
     assert options["ray_actor_options"] == {"num_cpus": config.detector.num_cpus, "num_gpus": 0.0}
@@ -158,7 +158,7 @@ def test_overrides_reach_nested_sections_and_list_items(tmp_path: Path) -> None:
     assert (
         config.members[0].decoder == "beam" and config.members[0].predictor_overrides()["decoder"] == "beam"
     )
-    assert [m.resolved_name for m in config.members] == ["crnn_en", "aster_en"]
+    assert [m.resolved_name for m in config.members] == ["crnn_doc", "aster_en"]
     assert config.limits.max_pixels == 1000 and config.detector.num_cpus == 0.8
     assert app.args["limits"]["max_pixels"] == 1000
     # The file itself is untouched by overrides.
