@@ -1,10 +1,17 @@
 """Choose a detector's post-processing thresholds on labelled data: one forward pass per image, then
-every combination of ``thresh`` x ``box_thresh`` x ``unclip_ratio``, scored with CLEval and IoU H-mean.
+every combination of ``thresh`` x ``box_thresh`` x ``unclip_ratio`` x ``min_size``, scored with CLEval
+and IoU H-mean.
 
 Run it on held-out *training* data (never on the split you report)::
 
     python benchmarks/det_postprocess_sweep.py --model models/dbnet_doc \\
         --data ../shared/data/sroie/train --holdout-every 12 --write
+
+Where ``--holdout-every`` keeps a dev part that is reported (FUNSD's every 8th form), ``--val-every``
+sweeps the validation part inside the rest instead, as a training config's ``val_every`` selects it::
+
+    python benchmarks/det_postprocess_sweep.py --model models/dbnet_doc \\
+        --data ../shared/data/funsd/train --holdout-every 8 --val-every 10
 
 ``--write`` stores the best setting (by CLEval H-mean) in the model folder's ``config.yaml``.
 """
@@ -36,10 +43,25 @@ def main() -> None:
     parser.add_argument("--thresh", default="0.2,0.3,0.4")
     parser.add_argument("--box-thresh", default="0.4,0.5,0.6")
     parser.add_argument("--unclip", default="1.5,1.8,2.1")
+    parser.add_argument("--min-size", default="3", help="smallest box side kept (pixels of the model input)")
+    parser.add_argument(
+        "--val-every",
+        type=int,
+        help="with --holdout-every: the validation part of the rest, not the held-out part",
+    )
     parser.add_argument("--write", action="store_true", help="store the best setting in the model folder")
     args = parser.parse_args()
 
-    source = DataSource(uri=args.data, format=args.format, holdout_every=args.holdout_every, holdout=True)
+    if args.val_every:
+        source = DataSource(
+            uri=args.data,
+            format=args.format,
+            holdout_every=args.holdout_every,
+            val_every=args.val_every,
+            val=True,
+        )
+    else:
+        source = DataSource(uri=args.data, format=args.format, holdout_every=args.holdout_every, holdout=True)
     records = source.select(load_records(args.data, args.format))
     predictor = DetectionPredictor.from_model_dir(args.model)
     maps = []
@@ -51,16 +73,24 @@ def main() -> None:
 
     results = []
     grid = itertools.product(
-        *(map(float, text.split(",")) for text in (args.thresh, args.box_thresh, args.unclip))
+        *(map(float, text.split(",")) for text in (args.thresh, args.box_thresh, args.unclip, args.min_size))
     )
-    for thresh, box_thresh, unclip in grid:
-        post = DBPostProcessor(thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip)
+    for thresh, box_thresh, unclip, min_size in grid:
+        post = DBPostProcessor(
+            thresh=thresh, box_thresh=box_thresh, unclip_ratio=unclip, min_size=int(min_size)
+        )
         preds = [
             [Prediction(polygon) for polygon, _ in post(prob, sx, sy, shape[1], shape[0])]
             for prob, sx, sy, shape in maps
         ]
         scores = evaluate_detection(records, preds)
-        row = {"thresh": thresh, "box_thresh": box_thresh, "unclip_ratio": unclip, **scores}
+        row = {
+            "thresh": thresh,
+            "box_thresh": box_thresh,
+            "unclip_ratio": unclip,
+            "min_size": int(min_size),
+            **scores,
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
     key = next(k for k in results[0] if "cleval" in k and "hmean" in k)
@@ -70,7 +100,10 @@ def main() -> None:
         path = storage.join(args.model, "config.yaml")
         config = yaml.safe_load(storage.read_text(path))
         config.setdefault("postprocess", {}).update(
-            thresh=best["thresh"], box_thresh=best["box_thresh"], unclip_ratio=best["unclip_ratio"]
+            thresh=best["thresh"],
+            box_thresh=best["box_thresh"],
+            unclip_ratio=best["unclip_ratio"],
+            min_size=best["min_size"],
         )
         storage.write_text(path, yaml.safe_dump(config, sort_keys=False))
         print(f"wrote the setting to {path}")
