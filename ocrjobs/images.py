@@ -34,9 +34,11 @@ __all__ = [
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_FORMATS",
     "ImageDecodeError",
+    "decode_frame",
     "decode_image",
     "encode_jpeg",
     "encode_png",
+    "open_image",
     "pad_to",
     "read_image",
     "resize_keep_aspect",
@@ -125,9 +127,56 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
         ImageDecodeError: with ``reason`` ``empty``, ``not_an_image``, ``corrupt``,
             ``too_many_pixels`` or ``unsupported``.
     """
+    return decode_frame(open_image(data, max_pixels), 0, max_pixels)
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open encoded image bytes (header only), refusing unknown formats and a first frame over the limit.
+
+    Args:
+        data: the encoded file.
+        max_pixels: largest ``width * height`` accepted.
+
+    Returns:
+        The Pillow image, not decoded yet: pass it to :func:`decode_frame`. ``getattr(image, "n_frames",
+        1)`` is its frame (page) count.
+
+    Raises:
+        ImageDecodeError: as :func:`decode_image`.
+    """
     if len(data) == 0:
         raise ImageDecodeError("empty", "image data is empty (0 bytes)")
-    image = _open_checked(data, max_pixels)
+    return _open_checked(data, max_pixels)
+
+
+def decode_frame(image: Image.Image, index: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode frame ``index`` (0-based) of an image from :func:`open_image` as :func:`decode_image` does.
+
+    Multi-page TIFF files hold one page per frame, each with its own size (checked against the limit
+    before it is decoded) and orientation.
+
+    Args:
+        image: an image opened by :func:`open_image`.
+        index: the frame, ``0 <= index < n_frames``.
+        max_pixels: largest ``width * height`` accepted.
+
+    Returns:
+        An ``[h, w, 3]`` ``uint8`` RGB array (writable, C-contiguous).
+
+    Raises:
+        ImageDecodeError: ``corrupt`` (the frame cannot be found or decoded), ``too_many_pixels`` or
+            ``unsupported``.
+    """
+    if index != image.tell():
+        try:
+            image.seek(index)
+        except EOFError:
+            raise ImageDecodeError("corrupt", f"{image.format} image has no frame {index + 1}") from None
+        except Exception as exc:
+            raise ImageDecodeError(
+                "corrupt", f"{image.format} frame {index + 1} cannot be read: {exc}"
+            ) from None
+    _check_size(image, max_pixels)
     try:
         image.load()
     except Image.DecompressionBombError as exc:
@@ -158,12 +207,18 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageDecodeError("not_an_image", f"not a recognised image format ({len(data)} bytes)") from None
     except Exception as exc:  # a recognised format whose header is broken
         raise ImageDecodeError("corrupt", f"image header cannot be read: {exc}") from None
-    width, height = image.size
     if image.format not in SUPPORTED_FORMATS:
         raise ImageDecodeError(
             "unsupported",
             f"image format {image.format} is not decoded here; supported: {sorted(SUPPORTED_FORMATS)}",
         )
+    _check_size(image, max_pixels)
+    return image
+
+
+def _check_size(image: Image.Image, max_pixels: int) -> None:
+    """Refuse an empty size or one over the pixel limit (from the header of the current frame)."""
+    width, height = image.size
     if width <= 0 or height <= 0:
         raise ImageDecodeError("corrupt", f"{image.format} header gives an empty size {width}x{height}")
     if width * height > max_pixels:
@@ -172,7 +227,6 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
             f"{image.format} image of {width}x{height} = {width * height} pixels exceeds the limit of "
             f"{max_pixels} pixels",
         )
-    return image
 
 
 def _claimed_format(data: bytes) -> str | None:

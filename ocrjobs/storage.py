@@ -47,7 +47,9 @@ if TYPE_CHECKING:
     import pyarrow.fs
 
 __all__ = [
+    "DOCUMENT_SUFFIXES",
     "IMAGE_SUFFIXES",
+    "INPUT_SUFFIXES",
     "MANIFEST_SUFFIXES",
     "AccessDeniedError",
     "BucketNotFoundError",
@@ -106,6 +108,11 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
     ".pbm",
     ".pnm",
 )
+# Documents (many pages in one file) that ocrjobs.documents.open_document reads beside the images
+# (multi-page TIFFs are among IMAGE_SUFFIXES already).
+DOCUMENT_SUFFIXES: tuple[str, ...] = (".pdf",)
+# What a bulk job lists from a folder or glob by default.
+INPUT_SUFFIXES: tuple[str, ...] = IMAGE_SUFFIXES + DOCUMENT_SUFFIXES
 MANIFEST_SUFFIXES: tuple[str, ...] = (".parquet", ".csv", ".txt", ".lst")
 
 URI = str | os.PathLike[str]

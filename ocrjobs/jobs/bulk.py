@@ -1,4 +1,4 @@
-"""Bulk OCR on Ray Data: images in object storage -> one Parquet row per image.
+"""Bulk OCR on Ray Data: images and documents in object storage -> one Parquet row per page.
 
 Examples::
 
@@ -7,23 +7,25 @@ Examples::
         --output s3://ocr/scans-2026/ --config configs/bulk.yaml
 
 Data flow: the input (a prefix, glob or manifest) is listed, de-duplicated and sorted on the driver;
-Ray Data then reads and decodes the images in CPU tasks, detects and crops text lines in one actor pool
-and recognises the crops of many images together in another (:mod:`ocrjobs.jobs.bulk_udfs`). An input
-that cannot be read or decoded becomes a row with ``error`` set, never a failed job. That is why the
+Ray Data then reads the files in CPU tasks and fans each out into its pages (a PDF rendered page by
+page, a multi-page TIFF frame by frame, an image is one page: :mod:`ocrjobs.documents`), detects and
+crops text lines in one actor pool and recognises the crops of many pages together in another
+(:mod:`ocrjobs.jobs.bulk_udfs`). A file that cannot be read or opened becomes one row with ``error``
+set, a page that cannot be rendered or decoded that page's row: never a failed job. That is why the
 dataset starts from the URIs (``from_items``) with the reading done in our own stage, rather than from
 ``read_binary_files``: there a missing or unreadable object fails the read task and so the job, and the
 paths come back in another form (no ``s3://``) than the one the shards were planned with.
 
 Output (``<output>/``)::
 
-    parquet/part-000000-1f2e3d4c.parquet   one row per input image (schema: bulk_udfs.OUTPUT_SCHEMA)
+    parquet/part-000000-1f2e3d4c.parquet   one row per page (schema: bulk_udfs.OUTPUT_SCHEMA)
     jsonl/part-000000-1f2e3d4c.jsonl       the same results as JSON lines    (exports.jsonl)
     hocr/part-000000-1f2e3d4c.hocr         the same results as hOCR pages    (exports.hocr)
     _config.yaml                           the resolved config of the last run (no credentials)
-    _summary.json                          counts, errors by reason, images/s, stage timings, models
+    _summary.json                          counts, errors by reason, pages/s, stage timings, models
 
-Exactly once, resumable. Shard ``k`` is ``inputs[k * shard_size:(k + 1) * shard_size]`` of the sorted
-inputs, named ``part-{k:06d}-{hash}`` where the hash covers the shard's URIs, the task and the models'
+Exactly once by ``(uri, page)``, resumable. Shard ``k`` is ``inputs[k * shard_size:(k + 1) * shard_size]``
+of the sorted input files (all pages of a file belong to its shard), named ``part-{k:06d}-{hash}`` where the hash covers the shard's URIs, the task and the models'
 ``name@version``: a re-run of the same job computes the same names, and a changed input list or model
 never reuses a stale shard. A shard's Parquet file is written in one atomic step (temporary file and
 rename locally, a single PUT on S3) after its exports, so it exists only when the shard is complete; a
@@ -34,11 +36,14 @@ arrived. Rows are small there (text and polygons: pixels and crops are dropped b
 the driver is not the bottleneck. This was chosen over writing inside the pipeline because a shard's
 rows leave the pipeline in many blocks from different workers in any order: gathering them in Ray Data
 needs a shuffle (which stops streaming), and ``write_parquet`` names files per block, not per shard,
-with no atomic commit of a whole shard. On the driver completeness is a count per shard, checked
-position by position against the shard's URI list before anything is written.
+with no atomic commit of a whole shard. On the driver completeness is known per file: every row
+carries its file's page count, so a shard is complete once each of its files has rows for pages
+``1..pages`` exactly once (or its one row without a page, for a file that could not be opened); the
+rows are checked against the shard's URI list before anything is written, and a page arriving twice
+stops the job instead of being written twice.
 
-Saved as it completes. The inputs enter Ray Data in blocks of at most one recognition batch, each
-block is one decode task, and the driver iterates without prefetching (``prefetch_batches=0``: with
+Saved as it completes. The inputs enter Ray Data in blocks of at most one recognition batch (a PDF or
+TIFF alone in its block, so each document is read by a task of its own), each block is one read task, and the driver iterates without prefetching (``prefetch_batches=0``: with
 prefetch, Ray Data holds a finished block back until the next one exists). So rows reach the driver
 one recognition call at a time, and a shard is written as soon as the call holding its last image
 returns: a crash loses only the shards in flight. A killed driver can leave a temporary
@@ -59,6 +64,7 @@ import functools
 import hashlib
 import html
 import io
+import itertools
 import json
 import logging
 import math
@@ -86,6 +92,7 @@ __all__ = [
     "FORMULA_ENSEMBLE",
     "BulkConfig",
     "DecodeConfig",
+    "DocumentsConfig",
     "ExportsConfig",
     "PipelineStalledError",
     "PoolConfig",
@@ -112,9 +119,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Equal to ocrjobs.images.DEFAULT_MAX_PIXELS (a unit test checks); not imported so that building the
-# CLI parser does not import cv2.
+# Equal to ocrjobs.images.DEFAULT_MAX_PIXELS and ocrjobs.documents.DEFAULT_DPI/DEFAULT_MAX_PAGES (a
+# unit test checks); not imported so that building the CLI parser does not import cv2.
 DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_DPI = 150.0
+DEFAULT_MAX_PAGES = 1000
 
 # The recognizer of ``task: latex`` when none is given: the multi-scale formula ensemble (one SATRN at
 # input heights 48 and 64), or whichever of the two folders exists (default_formula_members).
@@ -180,6 +189,29 @@ class PoolConfig(StrictModel):
         return self
 
 
+class DocumentsConfig(StrictModel):
+    """Files of many pages: PDFs (rendered) and multi-page TIFFs (each frame a page).
+
+    Attributes:
+        dpi: rendering resolution of PDF pages, dots per inch (150: an A4 page is 1240x1754 pixels,
+            above the detector's 1024-pixel input side, with body text about the recognizers' 32-pixel
+            line height; see :mod:`ocrjobs.documents`). Each rendered page must stay within
+            ``max_pixels`` (else that page's row gets ``too_many_pixels``).
+        max_pages: most pages of one file; a file with more is one ``too_many_pages`` row (its
+            ``pages`` says how many it has) and none of its pages is read.
+        block_mib: most MiB of page pixels per block leaving the read stage (the job's Ray Data
+            target block size). A read task renders a document page by page and hands the pages on
+            each time they fill a block, so it never holds a whole long document, and the document's
+            pages reach the detection actors in many small blocks that all the actors share, instead
+            of a few large ones each filling one actor's queue. 16 MiB: two or three A4 pages at 150
+            dpi (6 MiB each); the job's other blocks (crops, text) are much smaller anyway.
+    """
+
+    dpi: float = Field(default=DEFAULT_DPI, gt=0, le=1200)
+    max_pages: int = Field(default=DEFAULT_MAX_PAGES, ge=1)
+    block_mib: float = Field(default=16.0, gt=0)
+
+
 class ExportsConfig(StrictModel):
     """Extra formats written beside the Parquet files, per shard, with the same results.
 
@@ -197,7 +229,8 @@ class BulkConfig(StrictModel):
     """A bulk OCR job (``configs/bulk.yaml`` documents every field).
 
     Attributes:
-        input: the images: a folder/prefix, a glob, or a manifest (``.parquet``/``.csv``/``.txt``/``.lst``).
+        input: the images and documents (PDF, TIFF): a folder/prefix, a glob, or a manifest
+            (``.parquet``/``.csv``/``.txt``/``.lst``).
         output: the output folder (local or ``s3://``); see the module docstring for its layout.
         task: ``ocr`` (detect + recognise), ``recognize`` (each input image is one line crop) or
             ``latex`` (each input image is one formula; ``text`` is its LaTeX).
@@ -211,7 +244,12 @@ class BulkConfig(StrictModel):
             (``models/crnn_doc`` for ``ocr`` and ``recognize``).
         shard_size: input files per output shard (a shard holds every page of its files).
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
-        max_pixels: largest ``width * height`` decoded; larger images become ``too_many_pixels`` rows.
+        max_pixels: largest ``width * height`` of a page (an image, a TIFF frame, a PDF page at
+            ``documents.dpi``); larger pages become ``too_many_pixels`` rows.
+        documents: PDF rendering and the page limit of multi-page files.
+        read_all_files: read every file a folder or glob lists, so a file that is neither an image
+            nor a document becomes an error row (``not_an_image``); by default such files are left
+            out by their name's suffix, counted in ``_summary.json`` and named in the log.
         device: ``auto`` (GPU stages when the pools have GPUs), ``cpu`` or ``cuda``.
         amp: mixed precision for the model stages on GPUs.
         decode: the read + decode stage.
@@ -233,6 +271,8 @@ class BulkConfig(StrictModel):
     shard_size: int = Field(default=1000, ge=1)
     max_shards: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
+    documents: DocumentsConfig = Field(default_factory=DocumentsConfig)
+    read_all_files: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
@@ -564,6 +604,11 @@ def scan_output(output: str, config: StorageConfig | None = None) -> dict[str, d
 class ShardCollector:
     """Gathers result rows by shard and releases each shard once all of its rows have arrived.
 
+    A shard's files fan out into pages, so how many rows a shard has is learnt as they come: every
+    row carries its file's ``pages``, and a file is complete with one row for each page ``1..pages``,
+    or with its one row without a page (a file that could not be opened). Rows are keyed by
+    ``(position, page)``; a key arriving twice is refused (exactly once by ``(uri, page)``).
+
     Args:
         shards: the shards this run computes.
     """
@@ -572,19 +617,24 @@ class ShardCollector:
         self._shards = {s.index: s for s in shards}
         self._parts: dict[int, list[pa.Table]] = {}
         self._rows: Counter[int] = Counter()
+        # Per shard: the page count of each file seen so far (None: not opened, one row), and the
+        # (position, page) keys received.
+        self._expected: dict[int, dict[int, int | None]] = defaultdict(dict)
+        self._keys: dict[int, set[tuple[int, int | None]]] = defaultdict(set)
 
     def add(self, batch: pa.Table) -> list[tuple[Shard, pa.Table]]:
-        """Take a batch of result rows (with ``shard`` and ``position`` columns).
+        """Take a batch of result rows (with ``shard``, ``position``, ``page`` and ``pages`` columns).
 
         Args:
             batch: rows of any shards of this run, in any order.
 
         Returns:
-            The shards completed by this batch, each with its rows sorted by position.
+            The shards completed by this batch, each with its rows sorted by position and page.
 
         Raises:
-            RuntimeError: a row of an unknown shard, or a shard whose rows are not exactly its URIs once
-                each (this would be a pipeline bug; nothing is written for such a shard).
+            RuntimeError: a row of an unknown shard, a page that arrived before, rows of one file that
+                disagree on its page count, or a shard whose rows are not its files' pages once each
+                (each would be a pipeline bug; nothing is written for such a shard).
         """
         import pyarrow.compute as pc
 
@@ -596,23 +646,56 @@ class ShardCollector:
                     f"result rows for shard {index}, which this run does not compute or already wrote"
                 )
             rows = batch.filter(pc.equal(batch.column("shard"), index))
+            expected, keys = self._expected[index], self._keys[index]
+            for position, page, pages in zip(
+                rows.column("position").to_pylist(),
+                rows.column("page").to_pylist(),
+                rows.column("pages").to_pylist(),
+                strict=True,
+            ):
+                if (position, page) in keys:
+                    raise RuntimeError(
+                        f"{shard.name}: page {page} of input {position} ({shard.uris[position]}) arrived twice; "
+                        "the shard is not written"
+                    )
+                keys.add((position, page))
+                count = None if page is None else int(pages or 0)
+                if expected.setdefault(position, count) != count:
+                    raise RuntimeError(
+                        f"{shard.name}: rows of {shard.uris[position]} disagree on its page count; "
+                        "the shard is not written"
+                    )
             self._parts.setdefault(index, []).append(rows)
             self._rows[index] += rows.num_rows
-            if self._rows[index] >= len(shard.uris):
+            if len(expected) >= len(shard.uris) and self._rows[index] >= _rows_of(expected):
                 done.append((shard, self._complete(shard)))
         return done
 
     def _complete(self, shard: Shard) -> pa.Table:
         import pyarrow as pa
 
-        table = pa.concat_tables(self._parts.pop(shard.index)).sort_by("position")
-        del self._shards[shard.index], self._rows[shard.index]
-        positions = table.column("position").to_pylist()
-        uris = table.column("uri").to_pylist()
-        if positions != list(range(len(shard.uris))) or tuple(uris) != shard.uris:
+        table = pa.concat_tables(self._parts.pop(shard.index)).sort_by(
+            [("position", "ascending"), ("page", "ascending")]
+        )
+        expected = self._expected.pop(shard.index)
+        del self._shards[shard.index], self._rows[shard.index], self._keys[shard.index]
+        wanted: list[tuple[int, str, int | None]] = []
+        for position, uri in enumerate(shard.uris):
+            count = expected.get(position)
+            numbers: list[int | None] = [None] if count is None else list(range(1, count + 1))
+            wanted += [(position, uri, page) for page in numbers]
+        got = list(
+            zip(
+                table.column("position").to_pylist(),
+                table.column("uri").to_pylist(),
+                table.column("page").to_pylist(),
+                strict=True,
+            )
+        )
+        if got != wanted:
             raise RuntimeError(
-                f"{shard.name}: got {len(positions)} rows for {len(shard.uris)} inputs, or rows that do not match "
-                "its inputs one to one; the shard is not written"
+                f"{shard.name}: got {table.num_rows} rows for {len(shard.uris)} inputs that do not match its "
+                "inputs' pages one to one; the shard is not written"
             )
         return table
 
@@ -623,6 +706,20 @@ class ShardCollector:
     def received(self, index: int) -> int:
         """Rows received so far for an unfinished shard (0 for one not started or already released)."""
         return self._rows[index]
+
+    def finished_inputs(self, index: int) -> int:
+        """Files of an unfinished shard whose every row has arrived (0 for one not started or released)."""
+        if index not in self._expected:
+            return 0
+        arrived = Counter(position for position, _ in self._keys[index])
+        return sum(
+            1 for position, count in self._expected[index].items() if arrived[position] == (count or 1)
+        )
+
+
+def _rows_of(expected: Mapping[int, int | None]) -> int:
+    """Rows the files of ``expected`` give: their pages, or one for a file not opened."""
+    return sum(count or 1 for count in expected.values())
 
 
 # ------------------------------------------------------------------------------------------- output
@@ -755,25 +852,32 @@ def write_shard(config: BulkConfig, shard: Shard, table: pa.Table) -> None:
 
 
 def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Dataset:
-    """The Ray Data pipeline over the inputs of ``shards``: decode, (detect), recognise.
+    """The Ray Data pipeline over the inputs of ``shards``: read into pages, (detect), recognise.
 
     Args:
         config: a config passed through :func:`resolve_resources`.
         shards: the shards to compute.
 
     Returns:
-        A lazy dataset of ``RESULT_SCHEMA`` rows, one per input of the shards.
+        A lazy dataset of ``RESULT_SCHEMA`` rows, one per page of the inputs of the shards (one per
+        input that could not be opened).
     """
     import ray
 
-    from ocrjobs.jobs.bulk_udfs import DetectStage, RecognizeStage, read_decode
+    from ocrjobs.jobs.bulk_udfs import DetectStage, RecognizeStage, read_pages
 
     ds: ray.data.Dataset = ray.data.from_arrow(input_blocks(config, shards))
+    # Ray Data gathers what a task yields into blocks of up to this size before handing them on (128
+    # MiB by default: some 20 rendered pages, a long document's pages in few blocks, each then one
+    # detection actor's work). Only the read stage's blocks of page pixels come near it.
+    ds.context.target_max_block_size = max(1, int(config.documents.block_mib * 2**20))
     ds = ds.map_batches(
         functools.partial(
-            read_decode,
+            read_pages,
             storage_config=config.storage,
             max_pixels=config.max_pixels,
+            dpi=config.documents.dpi,
+            max_pages=config.documents.max_pages,
             read_threads=config.decode.read_threads,
         ),
         # One task per input block. A batch size would make Ray Data join blocks until it is reached:
@@ -782,7 +886,8 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
         batch_size=None,
         batch_format="pyarrow",
         num_cpus=config.decode.num_cpus,
-        udf_modifying_row_count=False,
+        # The fan-out: a file becomes as many rows as it has pages.
+        udf_modifying_row_count=True,
     )
     stages: list[tuple[type, str | list[str], PoolConfig]] = [
         (RecognizeStage, config.recognizer, config.recognition)
@@ -811,15 +916,19 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
 
 # Most input blocks a job creates: each is an object the driver puts into the object store.
 _MAX_INPUT_BLOCKS = 10_000
+# Inputs that may hold many pages: each gets an input block (a read task) of its own.
+_DOCUMENT_SUFFIXES = (".pdf", ".tif", ".tiff")
 
 
 def input_blocks(config: BulkConfig, shards: Sequence[Shard]) -> list[pa.Table]:
     """The inputs of ``shards`` as the tables Ray Data starts from (``INPUT_SCHEMA``), in order.
 
     Each block holds ``min(decode.batch_size, recognition.batch_size)`` rows (the last one fewer), or
-    more when that would make over 10,000 blocks. Rows keep their block through every stage, so a
-    recognition call returns whole blocks and the driver receives results a recognition batch at a
-    time instead of waiting for larger bundles.
+    more when that would make over 10,000 blocks. A document (``.pdf``, ``.tif``, ``.tiff``: files
+    that may hold many pages) has a block of its own, so each is read by a task of its own and one
+    long document never holds up the files listed after it. Images keep their block through every
+    stage, so a recognition call returns whole blocks and the driver receives results a recognition
+    batch at a time instead of waiting for larger bundles.
 
     Args:
         config: a config passed through :func:`resolve_resources`.
@@ -843,7 +952,21 @@ def input_blocks(config: BulkConfig, shards: Sequence[Shard]) -> list[pa.Table]:
     )
     rows = min(config.decode.batch_size, config.recognition.batch_size or config.decode.batch_size)
     rows = max(rows, math.ceil(len(uris) / _MAX_INPUT_BLOCKS), 1)
-    return [table.slice(start, rows) for start in range(0, max(len(uris), 1), rows)]
+    # Block boundaries: before and after each document, and every `rows` images in between.
+    starts, run = [0], 0
+    for i, uri in enumerate(uris):
+        if uri.lower().endswith(_DOCUMENT_SUFFIXES):
+            starts += [i, i + 1]
+            run = 0
+            continue
+        if run == rows:
+            starts.append(i)
+            run = 0
+        run += 1
+    starts = sorted(set(starts) | {len(uris)})
+    if len(starts) - 1 > _MAX_INPUT_BLOCKS:  # too many documents to give each a block: images' sizes
+        return [table.slice(start, rows) for start in range(0, max(len(uris), 1), rows)]
+    return [table.slice(a, b - a) for a, b in itertools.pairwise(starts) if b > a] or [table]
 
 
 class PipelineStalledError(RuntimeError):
@@ -937,12 +1060,16 @@ def _stall_message(
     cluster: str,
 ) -> str:
     pending = collector.unfinished()
-    images = sum(len(s.uris) - collector.received(s.index) for s in pending)
-    started = [f"{s.name} ({collector.received(s.index)}/{len(s.uris)} rows)" for s in pending[:3]]
+    inputs = sum(len(s.uris) - collector.finished_inputs(s.index) for s in pending)
+    started = [
+        f"{s.name} ({collector.finished_inputs(s.index)}/{len(s.uris)} inputs done, "
+        f"{collector.received(s.index)} rows)"
+        for s in pending[:3]
+    ]
     return (
         f"no result rows reached the driver for {waited:.0f} s (progress_timeout_s: "
         f"{config.progress_timeout_s:g}); the job was stopped. Pending: {len(pending)} of {len(shards)} "
-        f"shards of this run, {images} images without a result (e.g. {', '.join(started)}). The stages ask: "
+        f"shards of this run, {inputs} inputs without all their rows (e.g. {', '.join(started)}). The stages ask: "
         f"{_asks(config)}. The cluster has: {cluster}. The {len(shards) - len(pending)} shards finished "
         "in this run are written; run the same command again to resume (finished shards are skipped). "
         "If the cluster is adding nodes or the models load slowly, raise progress_timeout_s"
@@ -954,7 +1081,8 @@ class _Tally:
     """What the shards written in this run held."""
 
     shards: int = 0
-    images: int = 0
+    inputs: int = 0
+    images: int = 0  # rows: pages, and files that could not be opened
     ok: int = 0
     lines: int = 0
     errors: Counter[str] = field(default_factory=Counter)
@@ -967,6 +1095,7 @@ class _Tally:
 
         errors = [e for e in rows.column("error").to_pylist() if e is not None]
         self.shards += 1
+        self.inputs += len(set(rows.column("position").to_pylist()))
         self.images += rows.num_rows
         self.ok += rows.num_rows - len(errors)
         self.errors.update(errors)
@@ -1044,7 +1173,7 @@ def _stream(
         for shard, rows in collector.add(batch):
             write_shard(config, shard, output_table(rows, detector, recognizer))
             written += 1
-            log.info("wrote %s (%d images) [%d/%d]", shard.name, rows.num_rows, written, len(shards))
+            log.info("wrote %s (%d rows) [%d/%d]", shard.name, rows.num_rows, written, len(shards))
             yield rows
     missing = collector.unfinished()
     if missing:
@@ -1099,8 +1228,8 @@ def _log_skipped(spec: str, skipped: Sequence[str]) -> None:
     names = ", ".join(storage.basename(u) for u in skipped[:20])
     more = f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
     log.warning(
-        "skipped %d files under %s that are not images the decoder reads (%s): %s%s "
-        "(listed in _summary.json; PDF input is not supported yet)",
+        "skipped %d files under %s that are neither images nor documents by their names (%s): %s%s "
+        "(listed in _summary.json; read_all_files: true reads them, as error rows where unreadable)",
         len(skipped),
         spec,
         by_suffix,
@@ -1133,7 +1262,8 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
     detector = model_id(config.detector, "detection", config.storage) if config.task == "ocr" else None
     rec_task: Literal["recognition", "latex"] = "latex" if config.task == "latex" else "recognition"
     recognizer = model_id(config.recognizer, rec_task, config.storage)
-    listing = storage.scan_inputs(config.input, config.storage)
+    suffixes = None if config.read_all_files else storage.INPUT_SUFFIXES
+    listing = storage.scan_inputs(config.input, config.storage, suffixes)
     _log_skipped(config.input, listing.skipped)
     inputs = listing.uris
     plan = plan_shards(inputs, config.shard_size, f"{config.task}\n{detector}\n{recognizer}")
@@ -1195,11 +1325,13 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
         },
         "temporaries_removed": len(temporaries),
         "processed": tally.images,
+        "inputs_processed": tally.inputs,
         "ok": tally.ok,
         "errors": dict(sorted(tally.errors.items())),
         "lines": tally.lines,
         "skipped": sum(len(s.uris) for s in done),
         "seconds": round(seconds, 3),
+        # Rows (pages: an image is one page) per second.
         "images_per_s": round(tally.images / seconds, 3) if seconds > 0 else 0.0,
         "stage_seconds": {k: round(v, 3) for k, v in tally.stage_seconds.items()},
         "models": {"detector": detector, "recognizer": recognizer},
@@ -1223,7 +1355,10 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ocrjobs bulk`` and ``python -m ocrjobs.jobs.bulk``."""
     parser.add_argument("--config", help="YAML config (BulkConfig, see configs/bulk.yaml); flags override it")
-    parser.add_argument("--input", help="images: folder/prefix, glob or manifest (local path or s3://)")
+    parser.add_argument(
+        "--input",
+        help="images and documents (PDF, TIFF): folder/prefix, glob or manifest (local path or s3://)",
+    )
     parser.add_argument("--output", help="output folder (local path or s3://)")
     parser.add_argument(
         "--task",
@@ -1237,7 +1372,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="recognition model folder; repeat it to read with the members' propose-and-score ensemble "
         f"(task latex default: {' + '.join(FORMULA_ENSEMBLE)}, or whichever of them exists)",
     )
-    parser.add_argument("--shard-size", type=int, help="images per output shard")
+    parser.add_argument("--shard-size", type=int, help="input files per output shard")
     parser.add_argument("--max-shards", type=int, help="process at most N unfinished shards in this run")
     parser.add_argument(
         "--set",
@@ -1266,11 +1401,14 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
 
 def _report(summary: dict[str, Any]) -> str:
     errors = ", ".join(f"{k} {v}" for k, v in summary["errors"].items())
+    rows, files = summary["processed"], summary["inputs_processed"]
+    # "pages" once a file had several (then the rows are not the files), else the familiar "images".
+    what = f"pages of {files} files" if rows != files else "images"
     text = (
-        f"{summary['processed']} images processed ({summary['ok']} ok, "
+        f"{rows} {what} processed ({summary['ok']} ok, "
         f"{sum(summary['errors'].values())} errors{': ' + errors if errors else ''}), "
         f"{summary['skipped']} skipped as already done, {summary['shards']['written']} shards written in "
-        f"{summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s) -> "
+        f"{summary['seconds']:.1f} s ({summary['images_per_s']:.2f} {what.split()[0]}/s) -> "
         f"{storage.join(summary['output'], 'parquet')}"
     )
     if summary["status"] == "partial":
@@ -1279,7 +1417,7 @@ def _report(summary: dict[str, Any]) -> str:
     if skipped["count"]:
         names = ", ".join(storage.basename(u) for u in skipped["names"][:5])
         more = ", ..." if skipped["count"] > 5 else ""
-        text += f"; {skipped['count']} files skipped as not images ({names}{more})"
+        text += f"; {skipped['count']} files skipped as neither images nor documents ({names}{more})"
     return text
 
 

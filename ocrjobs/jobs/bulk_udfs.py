@@ -1,10 +1,16 @@
 """The Ray Data stages of the bulk OCR job and the row schemas they exchange.
 
-Every stage maps a ``pyarrow.Table`` to a ``pyarrow.Table`` with exactly one row per input image, in
-the same order, so an image never splits into several rows and the driver only has to count rows:
+The first stage fans each input file out into its pages; every later stage maps a ``pyarrow.Table`` to
+a ``pyarrow.Table`` with exactly one row per page, in the same order. Rows are keyed by ``(uri, page)``
+(and the driver's ``shard``/``position`` of the file), so the driver can tell when every page of every
+file of a shard has arrived:
 
-1. :func:`read_decode` (CPU tasks): read each URI through :mod:`ocrjobs.storage` and decode it with
-   :func:`ocrjobs.images.decode_image` into raw RGB bytes (``pixels``).
+1. :func:`read_pages` (CPU tasks): read each URI through :mod:`ocrjobs.storage`, open it with
+   :func:`ocrjobs.documents.open_document` (a PDF, a multi-page TIFF or any image) and emit one row per
+   page with its raw RGB bytes (``pixels``), ``page`` (1-based) and ``pages`` (the file's page count).
+   It is a generator: the pages of a long document leave the task in blocks as they are rendered, so
+   a 500-page PDF is never held whole in memory, and the model pools downstream share its pages out
+   among all their actors. A file that cannot be opened is one row with ``page`` null.
 2. :class:`DetectStage` (actor pool): detect text polygons, then crop and rectify every polygon with
    :func:`ocrjobs.geometry.crop_polygon`; the page pixels are dropped here and only the crops travel on.
 3. :class:`RecognizeStage` (actor pool): recognise the crops of all images of the batch in one call (the
@@ -22,8 +28,12 @@ bad input costs one row, never the job. Error reasons (:data:`ERROR_REASONS`):
   error on a local path). Other S3 failures (endpoint unreachable, 5xx after the client's retries) are
   infrastructure problems, not properties of the input: they raise and stop the job (finished shards
   stay written, a re-run resumes) instead of writing error rows that a resume would never revisit.
-* decoding: the reasons of :class:`ocrjobs.images.ImageDecodeError` (``empty``, ``not_an_image``,
-  ``corrupt``, ``too_many_pixels``, ``unsupported``).
+* opening a file (one row, ``page`` null): the reasons of :class:`ocrjobs.documents.DocumentError`:
+  ``empty``, ``not_an_image`` (neither a PDF nor an image format), ``corrupt`` (a truncated or damaged
+  PDF, or an image whose header is invalid), ``unsupported``, ``encrypted`` (a PDF that needs a
+  password) and ``too_many_pages`` (more than ``documents.max_pages``; ``pages`` says how many).
+* decoding a page (that page's row): the reasons of :class:`ocrjobs.images.ImageDecodeError`
+  (``corrupt``, ``too_many_pixels``: over ``max_pixels`` at the rendering resolution, ``unsupported``).
 * models: ``detection_failed``, ``recognition_failed``: a batch that raises is retried one image at a
   time and only the images that still fail get these reasons. If two or more images were retried and
   all of them fail, the failure is systematic (broken model folder, device error) and is raised.
@@ -35,7 +45,7 @@ evenly over its rows); the driver sums them for the job summary and drops them b
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -62,7 +72,7 @@ __all__ = [
     "TIMING_COLUMNS",
     "DetectStage",
     "RecognizeStage",
-    "read_decode",
+    "read_pages",
 ]
 
 T = TypeVar("T")
@@ -78,6 +88,8 @@ ERROR_REASONS: frozenset[str] = frozenset(
         "corrupt",
         "too_many_pixels",
         "unsupported",
+        "encrypted",
+        "too_many_pages",
         *MODEL_ERROR_REASONS,
     }
 )
@@ -106,11 +118,15 @@ LINE_TYPE = pa.struct(
     ]
 )
 
-# The published Parquet schema: one row per input image. Error rows have ``error`` set and null
-# ``lines``/``text`` (and null ``width``/``height`` when the image could not be decoded).
+# The published Parquet schema: one row per page (an image is page 1 of 1). ``page`` is 1-based and
+# ``pages`` is the file's page count; both are null on the one row of a file that could not be opened
+# (``pages`` is set when only the page limit was exceeded). Error rows have ``error`` set and null
+# ``lines``/``text`` (and null ``width``/``height`` when the page could not be decoded).
 OUTPUT_SCHEMA = pa.schema(
     [
         pa.field("uri", pa.string(), nullable=False),
+        pa.field("page", pa.int32()),
+        pa.field("pages", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("lines", pa.list_(LINE_TYPE)),
@@ -129,6 +145,8 @@ _KEY_FIELDS = [
     pa.field("shard", pa.int32(), nullable=False),
     pa.field("position", pa.int32(), nullable=False),
 ]
+# Which page of its file a row is (see OUTPUT_SCHEMA); set by read_pages.
+_PAGE_FIELDS = [pa.field("page", pa.int32()), pa.field("pages", pa.int32())]
 _STATUS_FIELDS = [
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
@@ -143,10 +161,11 @@ def _timing_fields(names: Sequence[str]) -> list[pa.Field]:
 
 # What the driver hands to Ray Data: which shard and position each URI belongs to.
 INPUT_SCHEMA = pa.schema(_KEY_FIELDS)
-# After read_decode. large_binary: one decoded page can exceed the 2 GiB offsets of a binary batch.
+# After read_pages. large_binary: one decoded page can exceed the 2 GiB offsets of a binary batch.
 DECODED_SCHEMA = pa.schema(
     [
         *_KEY_FIELDS,
+        *_PAGE_FIELDS,
         *_STATUS_FIELDS,
         pa.field("pixels", pa.large_binary()),
         *_timing_fields(TIMING_COLUMNS[:2]),
@@ -156,6 +175,7 @@ DECODED_SCHEMA = pa.schema(
 DETECTED_SCHEMA = pa.schema(
     [
         *_KEY_FIELDS,
+        *_PAGE_FIELDS,
         *_STATUS_FIELDS,
         pa.field("polygons", pa.list_(pa.list_(pa.float32()))),
         pa.field("det_scores", pa.list_(pa.float32())),
@@ -168,6 +188,7 @@ DETECTED_SCHEMA = pa.schema(
 RESULT_SCHEMA = pa.schema(
     [
         *_KEY_FIELDS,
+        *_PAGE_FIELDS,
         *_STATUS_FIELDS,
         pa.field("lines", pa.list_(LINE_TYPE)),
         pa.field("text", pa.string()),
@@ -195,72 +216,144 @@ def _read_one(uri: str, config: StorageConfig) -> tuple[bytes | None, str | None
         return None, "read_failed", str(exc)
 
 
-def read_decode(
+def read_pages(
     batch: pa.Table,
     *,
     storage_config: StorageConfig,
     max_pixels: int,
+    dpi: float = 150.0,
+    max_pages: int = 1000,
     read_threads: int = 8,
-) -> pa.Table:
-    """Read and decode a batch of URIs (the first stage of the bulk job).
+) -> Iterator[pa.Table]:
+    """Read each file of a batch and emit its pages (the first stage of the bulk job: the fan-out).
 
     Args:
-        batch: rows of :data:`INPUT_SCHEMA`.
+        batch: rows of :data:`INPUT_SCHEMA` (one per file).
         storage_config: S3 settings for ``s3://`` URIs.
-        max_pixels: largest ``width * height`` decoded; larger images get ``too_many_pixels``.
-        read_threads: objects read concurrently (reads wait on the network, decoding uses the CPU).
+        max_pixels: largest ``width * height`` of a page (a PDF page at ``dpi``, a TIFF frame, an
+            image); larger pages get ``too_many_pixels``.
+        dpi: rendering resolution of PDF pages.
+        max_pages: most pages of one file; a file with more is one ``too_many_pages`` row.
+        read_threads: files read concurrently (reads wait on the network, decoding uses the CPU).
 
-    Returns:
-        Rows of :data:`DECODED_SCHEMA`, in input order: ``pixels`` holds ``height * width * 3`` RGB bytes,
-        or nothing when ``error`` is set.
+    Yields:
+        One row of :data:`DECODED_SCHEMA` at a time (Ray Data gathers them into blocks and hands each
+        on once it is full, so the task holds a block's worth of pages at most, never a whole long
+        document as a plain return would), files in input order and each file's pages in page order:
+        ``pixels`` holds ``height * width * 3`` RGB bytes, or nothing when ``error`` is set. A file
+        that cannot be read or opened is one row with ``page`` null.
 
     Raises:
         StorageError: an S3 failure that is not about the object itself (see the module docstring).
     """
-    from ocrjobs.images import ImageDecodeError, decode_image
+    from ocrjobs.documents import DocumentError, open_document
+    from ocrjobs.images import ImageDecodeError
 
     uris = [str(u) for u in batch.column("uri").to_pylist()]
-    n = len(uris)
+    shards = batch.column("shard").to_pylist()
+    positions = batch.column("position").to_pylist()
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, min(read_threads, n))) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(read_threads, len(uris)))) as pool:
         reads = list(pool.map(lambda u: _read_one(u, storage_config), uris))
-    read_seconds = (time.perf_counter() - start) / max(n, 1)
+    read_seconds = (time.perf_counter() - start) / max(len(uris), 1)
 
-    widths: list[int | None] = []
-    heights: list[int | None] = []
-    errors: list[str | None] = []
-    details: list[str | None] = []
-    pixels: list[bytes] = []
-    decode_seconds: list[float] = []
-    for data, reason, detail in reads:
+    out = _PageRows()
+    for k, (data, reason, detail) in enumerate(reads):
+        if len(out):
+            yield out.flush()
+        key = (uris[k], shards[k], positions[k])
         t0 = time.perf_counter()
-        image = None
-        if data is not None:
-            try:
-                image = decode_image(data, max_pixels=max_pixels)
-            except ImageDecodeError as exc:
-                reason, detail = exc.reason, exc.message
-        decode_seconds.append(time.perf_counter() - t0)
-        errors.append(reason)
-        details.append(detail)
-        widths.append(None if image is None else int(image.shape[1]))
-        heights.append(None if image is None else int(image.shape[0]))
-        pixels.append(b"" if image is None else image.tobytes())
-    return pa.Table.from_pydict(
-        {
-            "uri": batch.column("uri"),
-            "shard": batch.column("shard"),
-            "position": batch.column("position"),
-            "width": widths,
-            "height": heights,
-            "error": errors,
-            "error_detail": details,
-            "pixels": pixels,
-            "t_read": [read_seconds] * n,
-            "t_decode": decode_seconds,
-        },
-        schema=DECODED_SCHEMA,
-    )
+        if data is None:
+            out.error(key, None, None, reason, detail, read_seconds, time.perf_counter() - t0)
+            continue
+        try:
+            document = open_document(data, dpi=dpi, max_pages=max_pages, max_pixels=max_pixels)
+        except DocumentError as exc:
+            out.error(key, None, exc.pages, exc.reason, exc.message, read_seconds, time.perf_counter() - t0)
+            continue
+        with document:
+            for page in range(1, document.pages + 1):
+                # The file's read time goes to its first page, its opening time too.
+                t_read = read_seconds if page == 1 else 0.0
+                try:
+                    image = document.page(page)
+                except ImageDecodeError as exc:
+                    out.error(
+                        key, page, document.pages, exc.reason, exc.message, t_read, time.perf_counter() - t0
+                    )
+                else:
+                    out.page(key, page, document.pages, image, t_read, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                yield out.flush()
+    if len(out) or batch.num_rows == 0:
+        yield out.flush()
+
+
+class _PageRows:
+    """Rows of :data:`DECODED_SCHEMA` being gathered by :func:`read_pages`."""
+
+    def __init__(self) -> None:
+        self._columns: dict[str, list[Any]] = {name: [] for name in DECODED_SCHEMA.names}
+
+    def __len__(self) -> int:
+        return len(self._columns["uri"])
+
+    def _add(self, key: tuple[str, int, int], page: int | None, pages: int | None, **values: Any) -> None:
+        values.update(uri=key[0], shard=key[1], position=key[2], page=page, pages=pages)
+        for name, column in self._columns.items():
+            column.append(values[name])
+
+    def page(
+        self,
+        key: tuple[str, int, int],
+        page: int,
+        pages: int,
+        image: np.ndarray,
+        t_read: float,
+        t_decode: float,
+    ) -> None:
+        height, width = image.shape[:2]
+        self._add(
+            key,
+            page,
+            pages,
+            width=int(width),
+            height=int(height),
+            error=None,
+            error_detail=None,
+            pixels=image.tobytes(),
+            t_read=t_read,
+            t_decode=t_decode,
+        )
+
+    def error(
+        self,
+        key: tuple[str, int, int],
+        page: int | None,
+        pages: int | None,
+        reason: str | None,
+        detail: str | None,
+        t_read: float,
+        t_decode: float,
+    ) -> None:
+        self._add(
+            key,
+            page,
+            pages,
+            width=None,
+            height=None,
+            error=reason,
+            error_detail=detail,
+            pixels=b"",
+            t_read=t_read,
+            t_decode=t_decode,
+        )
+
+    def flush(self) -> pa.Table:
+        """The rows gathered so far as a table; the gatherer starts empty again."""
+        table = pa.Table.from_pydict(self._columns, schema=DECODED_SCHEMA)
+        self._columns = {name: [] for name in DECODED_SCHEMA.names}
+        return table
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -405,6 +498,8 @@ class DetectStage:
                 "uri": batch.column("uri"),
                 "shard": batch.column("shard"),
                 "position": batch.column("position"),
+                "page": batch.column("page"),
+                "pages": batch.column("pages"),
                 "width": batch.column("width"),
                 "height": batch.column("height"),
                 "error": errors,
@@ -528,6 +623,8 @@ class RecognizeStage:
                 "uri": batch.column("uri"),
                 "shard": batch.column("shard"),
                 "position": batch.column("position"),
+                "page": batch.column("page"),
+                "pages": batch.column("pages"),
                 "width": batch.column("width"),
                 "height": batch.column("height"),
                 "error": errors,

@@ -2,7 +2,10 @@
 
 ``make demo`` runs ``ocrjobs demo``: the job of ``configs/demo.yaml`` (a :class:`~ocrjobs.jobs.bulk.BulkConfig`)
 on a local Ray with every CPU of this machine (or on the cluster ``RAY_ADDRESS`` names), writing to
-``out/demo/``; then a table of file, lines found and first line of text. Relative paths of the demo
+``out/demo/``; then a table of file (and page), lines found and first line of text. Beside the sample
+images the demo reads one multi-page PDF, made at run time from the first samples
+(``<output>/inputs/receipts.pdf``, one receipt per page, the JPEG files stored as they are): the
+job's input becomes a manifest of the samples and that PDF (``<output>/inputs/inputs.txt``). Relative paths of the demo
 config are taken from the checkout, so the demo runs from any folder. A second run finds every shard
 done and only prints the table again (delete ``out/demo`` to recompute).
 """
@@ -18,11 +21,22 @@ from ocrjobs import storage
 from ocrjobs.config import load_config, parse_overrides
 from ocrjobs.raycluster import ensure_ray, ray_logs_to_file
 
-__all__ = ["DEFAULT_CONFIG", "REPO_ROOT", "add_arguments", "format_table", "run"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEMO_PDF_PAGES",
+    "REPO_ROOT",
+    "add_arguments",
+    "demo_inputs",
+    "format_table",
+    "run",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "demo.yaml"
 _PATH_FIELDS = ("input", "output", "detector", "recognizer")
+# Pages of the demo's PDF (the first samples, one per page).
+DEMO_PDF_PAGES = 3
+_JPEG_SUFFIXES = (".jpg", ".jpeg")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,23 +64,28 @@ def _first_line(text: str | None, width: int = 48) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _name(row: dict[str, Any]) -> str:
+    """The row's file name, with ``p<page>/<pages>`` for a page of a multi-page file."""
+    name = storage.basename(row["uri"])
+    pages = row.get("pages")
+    return f"{name} p{row['page']}/{pages}" if pages and pages > 1 and row.get("page") else name
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """The demo's table: one line per image with its file name, lines found and first line of text.
+    """The demo's table: one line per page with its file name (and page), lines found and first line.
 
     Args:
-        rows: output rows (``uri``, ``lines``, ``text``, ``error``), in any order.
+        rows: output rows (``uri``, ``page``, ``pages``, ``lines``, ``text``, ``error``), in any order.
 
     Returns:
         The table text (no trailing newline).
     """
     body = []
-    for row in sorted(rows, key=lambda r: r["uri"]):
+    for row in sorted(rows, key=lambda r: (storage.basename(r["uri"]), r.get("page") or 0)):
         if row["error"] is not None:
-            body.append((storage.basename(row["uri"]), "-", f"error: {row['error']}"))
+            body.append((_name(row), "-", f"error: {row['error']}"))
         else:
-            body.append(
-                (storage.basename(row["uri"]), str(len(row["lines"] or [])), _first_line(row["text"]))
-            )
+            body.append((_name(row), str(len(row["lines"] or [])), _first_line(row["text"])))
     header = ("file", "lines", "first line of text")
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(2)]
     out = [f"{header[0]:<{widths[0]}}  {header[1]:>{widths[1]}}  {header[2]}"]
@@ -78,7 +97,39 @@ def _read_rows(output: str, config: Any) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     fs, path = storage.pyarrow_filesystem(storage.join(output, "parquet"), config)
-    return pq.read_table(path, filesystem=fs, columns=["uri", "lines", "text", "error"]).to_pylist()
+    columns = ["uri", "page", "pages", "lines", "text", "error"]
+    return pq.read_table(path, filesystem=fs, columns=columns).to_pylist()
+
+
+def demo_inputs(config: Any) -> str:
+    """The demo's input: the config's folder plus a multi-page PDF made from its first JPEG samples.
+
+    The PDF holds the first :data:`DEMO_PDF_PAGES` JPEG files of the folder, one per page, stored as
+    they are at ``config.documents.dpi`` (so each page renders back to its sample's size). It and a
+    manifest listing the folder's files and the PDF are written under ``<output>/inputs/``; the same
+    files each run, so a second run finds every shard done.
+
+    Args:
+        config: the demo's :class:`~ocrjobs.jobs.bulk.BulkConfig`.
+
+    Returns:
+        The manifest's URI, or ``config.input`` as it is when it is not a folder of JPEG samples.
+    """
+    from ocrjobs.documents import pdf_from_images
+
+    if config.input.lower().endswith(storage.MANIFEST_SUFFIXES):
+        return str(config.input)
+    listed = storage.scan_inputs(config.input, config.storage, storage.INPUT_SUFFIXES).uris
+    jpegs = [u for u in listed if u.lower().endswith(_JPEG_SUFFIXES)][:DEMO_PDF_PAGES]
+    if len(jpegs) < 2:
+        return str(config.input)
+    folder = storage.join(config.output, "inputs")
+    pdf = storage.join(folder, "receipts.pdf")
+    pages = [storage.read_bytes(u, config.storage) for u in jpegs]
+    storage.write_bytes(pdf, pdf_from_images(pages, dpi=config.documents.dpi), config.storage)
+    manifest = storage.join(folder, "inputs.txt")
+    storage.write_text(manifest, "".join(f"{u}\n" for u in [*listed, pdf]), config.storage)
+    return manifest
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
         overrides["output"] = os.path.abspath(args.output)
     config = load_config(args.config or DEFAULT_CONFIG, BulkConfig, overrides)
     config = config.model_copy(update={name: _anchor(getattr(config, name)) for name in _PATH_FIELDS})
+    config = config.model_copy(update={"input": demo_inputs(config)})
 
     # Missing model folders are reported before a Ray is started for nothing.
     if config.task == "ocr":
@@ -116,9 +168,10 @@ def run(args: argparse.Namespace) -> int:
     print()
     errors = sum(1 for r in rows if r["error"] is not None)
     lines = sum(len(r["lines"] or []) for r in rows)
-    line = f"{len(rows)} images, {len(rows) - errors} read, {errors} errors, {lines} lines"
+    files = len({r["uri"] for r in rows})
+    line = f"{len(rows)} pages of {files} files, {len(rows) - errors} read, {errors} errors, {lines} lines"
     if summary["processed"]:
-        line += f"; {summary['processed']} processed in {summary['seconds']:.1f} s ({summary['images_per_s']:.2f} images/s)"
+        line += f"; {summary['processed']} processed in {summary['seconds']:.1f} s ({summary['images_per_s']:.2f} pages/s)"
     if summary["skipped"]:
         line += f"; {summary['skipped']} already done earlier (delete {config.output} to recompute)"
     print(

@@ -20,16 +20,19 @@ Deployments (one per model, each wrapping the same predictor classes as the bulk
   agree, round 2 is skipped. The ensemble step lives in the ingress rather than in a deployment of its
   own: it only awaits handles and compares numbers, so another hop would add latency and nothing else.
 
-Routes: ``POST /v1/ocr`` (a page), ``POST /v1/recognize`` (one line crop), ``POST /v1/latex`` (one
-formula image; 404 ``not_configured`` when the service has no formula members), ``GET /v1/models``,
+Routes: ``POST /v1/ocr`` (a page, or a PDF: each page rendered and read, answered as ``pages``),
+``POST /v1/recognize`` (one line crop), ``POST /v1/latex`` (one formula image; 404
+``not_configured`` when the service has no formula members), ``GET /v1/models``,
 ``GET /v1/stats`` (request counts and the batch sizes each deployment served), ``GET /healthz``, and
 FastAPI's ``/openapi.json`` and ``/docs``. Uploads are the raw image bytes with an ``image/*``
-Content-Type, or ``multipart/form-data`` with a ``file`` field. Nothing is ever fetched from a URL.
+Content-Type (``application/pdf`` for a PDF; a body starting with ``%PDF-`` is taken as one whatever it
+is labelled), or ``multipart/form-data`` with a ``file`` field. Nothing is ever fetched from a URL.
 
 Errors are JSON ``{"error": <code>, "detail": <message>}``: 400 (empty, undecodable or malformed
-input), 401 (bearer token missing or wrong, when one is configured), 404 (a route whose models are not
-configured), 408 (a body that arrives too slowly), 413 (body or pixel count over the limits), 415 (not
-an image content type, or an image format that is not decoded), 431 (headers over the limit), 503
+input, an encrypted or damaged PDF), 401 (bearer token missing or wrong, when one is configured), 404
+(a route whose models are not configured), 408 (a body that arrives too slowly), 413 (body, pixel
+count or PDF pages over the limits), 415 (not an image or PDF content type, an image format that is
+not decoded, or a PDF sent to a route that reads single images), 431 (headers over the limit), 503
 (overloaded), 500 (anything else; the message never carries a traceback, the replica log does). A
 client that goes away before its answer is counted as 499 in ``/v1/stats`` (nginx's "client closed
 request") and logged in one line.
@@ -73,12 +76,23 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
 from ocrjobs import __version__
+from ocrjobs.documents import DocumentError, is_pdf, open_document
 from ocrjobs.images import ImageDecodeError, decode_image
 from ocrjobs.pipeline import OcrLine, join_text
 from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, run_ensemble_async
 from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
 
-__all__ = ["BatchStats", "Detection", "Detector", "OcrApi", "Recognizer", "api", "build_app"]
+__all__ = [
+    "BatchStats",
+    "Detection",
+    "Detector",
+    "DocumentOcrResponse",
+    "OcrApi",
+    "PageResult",
+    "Recognizer",
+    "api",
+    "build_app",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -343,6 +357,29 @@ class OcrResponse(BaseModel):
     models: ModelVersions
 
 
+class PageResult(BaseModel):
+    """One page of a PDF: its lines and text as ``OcrResponse`` has them, or why it was not read."""
+
+    page: int = Field(description="1-based page number")
+    text: str | None = Field(description="every line's text in reading order (null when error is set)")
+    lines: list[LineOut] | None = Field(description="null when error is set")
+    width: int | None = Field(description="rendered page width in pixels (null when error is set)")
+    height: int | None = Field(description="rendered page height in pixels (null when error is set)")
+    error: str | None = Field(
+        default=None, description="why this page was not read (too_many_pixels, corrupt), else null"
+    )
+    detail: str | None = Field(default=None, description="what was wrong with the page, for people")
+
+
+class DocumentOcrResponse(BaseModel):
+    """The text of a PDF, page by page (the answer of ``POST /v1/ocr`` to a PDF upload)."""
+
+    pages: list[PageResult] = Field(description="every page of the PDF, in page order")
+    page_count: int = Field(description="how many pages the PDF has")
+    text: str = Field(description="the pages' texts in page order, separated by a form feed (\\f)")
+    models: ModelVersions
+
+
 class RecognizeResponse(BaseModel):
     """The text of one line crop."""
 
@@ -387,6 +424,9 @@ _DECODE_STATUS = {
     "unsupported": 415,
 }
 _FILE_FIELD = "file"
+_PDF_MEDIA = "application/pdf"
+# Pages of one PDF upload rendered and being read at once (each a decoded page in memory).
+_PDF_PAGES_IN_FLIGHT = 4
 # What a route sees when its client has gone, whichever comes first: Starlette's disconnect message,
 # or Serve cancelling the request and with it the pending call for the next body chunk or a model.
 _CLIENT_GONE = (ClientDisconnect, RequestCancelledError, TaskCancelledError)
@@ -396,8 +436,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "empty, undecodable or malformed upload",
         401: "bearer token missing or wrong (only when a token is configured)",
         408: "body not complete within limits.body_timeout_s, or slower than limits.body_min_bytes_per_s",
-        413: "body larger than limits.max_body_bytes, or image larger than limits.max_pixels",
-        415: "not an image/* or multipart/form-data upload, or an image format that is not decoded",
+        413: "body larger than limits.max_body_bytes, image larger than limits.max_pixels, or a PDF of "
+        "more than limits.max_pdf_pages pages",
+        415: "not an image/*, application/pdf or multipart/form-data upload, an image format that is "
+        "not decoded, or a PDF sent to a single-image route",
         431: "request headers larger than limits.max_header_bytes",
         503: "overloaded (every image-request slot of the ingress is taken) or a model deployment is "
         "unavailable",
@@ -407,10 +449,12 @@ _IMAGE_BODY = {
     "requestBody": {
         "required": True,
         "description": "The image: its raw bytes with an image/* Content-Type (image/png, image/jpeg, "
-        "image/tiff, image/webp, image/bmp, image/gif...), or multipart/form-data with a 'file' field.",
+        "image/tiff, image/webp, image/bmp, image/gif...), or multipart/form-data with a 'file' field. "
+        "POST /v1/ocr also takes a PDF (application/pdf) and answers with its pages.",
         "content": {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "application/pdf": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -667,12 +711,12 @@ class OcrApi:
         limits = self.config.limits
         limit = limits.max_body_bytes
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not (media.startswith("image/") or media == "multipart/form-data"):
+        if not (media.startswith("image/") or media in ("multipart/form-data", _PDF_MEDIA)):
             raise ApiError(
                 415,
                 "unsupported_media_type",
                 f"Content-Type {media or '(none)'!r} is not accepted: send the image bytes with an image/* "
-                "Content-Type, or multipart/form-data with a 'file' field",
+                "Content-Type (a PDF with application/pdf), or multipart/form-data with a 'file' field",
             )
         declared = request.headers.get("content-length")
         if declared is not None:
@@ -753,18 +797,30 @@ class OcrApi:
             if not isinstance(part, UploadFile):
                 raise ApiError(400, "missing_file", f"multipart body has no file field {_FILE_FIELD!r}")
             media = (part.content_type or "").split(";")[0].strip().lower()
-            if media and not (media.startswith("image/") or media == "application/octet-stream"):
+            if media and not (
+                media.startswith("image/") or media in ("application/octet-stream", _PDF_MEDIA)
+            ):
                 raise ApiError(415, "unsupported_media_type", f"file part has Content-Type {media!r}")
             return await part.read()
         finally:
             await form.close()
 
-    async def _image(self, request: Request) -> np.ndarray:
-        """The request's image, checked and decoded (pixel limit from the header, before decoding)."""
+    async def _upload(self, request: Request) -> bytes:
+        """The uploaded file's bytes (the body, or its multipart ``file`` part), after auth and limits."""
         self._authorize(request)
         media, body = await self._read_body(request)
         if media == "multipart/form-data":
             body = await self._file_part(request, body)
+        return body
+
+    async def _image(self, request: Request, body: bytes | None = None) -> np.ndarray:
+        """The request's image, checked and decoded (pixel limit from the header, before decoding)."""
+        if body is None:
+            body = await self._upload(request)
+        if is_pdf(body):
+            raise ApiError(
+                415, "unsupported_media_type", "a PDF: this route reads one image; POST /v1/ocr reads PDFs"
+            )
         try:
             return await asyncio.to_thread(decode_image, body, self.config.limits.max_pixels)
         except ImageDecodeError as exc:
@@ -794,16 +850,77 @@ class OcrApi:
 
     @api.post(
         "/v1/ocr",
-        response_model=OcrResponse,
+        response_model=OcrResponse | DocumentOcrResponse,
         responses=_ERRORS,
         openapi_extra=_IMAGE_BODY,
         dependencies=[Depends(_bearer)],
     )
     @_guarded
     @_image_route
-    async def ocr(self, request: Request) -> OcrResponse:
-        """Detect the text lines of a page and read each with the recognizer ensemble."""
-        image = await self._image(request)
+    async def ocr(self, request: Request) -> OcrResponse | DocumentOcrResponse:
+        """Detect the text lines of a page and read each with the recognizer ensemble. A PDF is read page
+        by page (at most ``limits.max_pdf_pages``) and answered as ``pages``."""
+        body = await self._upload(request)
+        # By its bytes, whatever its label: a body labelled application/pdf that is not one is read
+        # as the image it may be (or refused as not_an_image).
+        if is_pdf(body):
+            return await self._ocr_pdf(body)
+        return await self._ocr_page(await self._image(request, body))
+
+    async def _ocr_pdf(self, body: bytes) -> DocumentOcrResponse:
+        """Every page of a PDF through :meth:`_ocr_page`, a few pages in flight at a time."""
+        limits = self.config.limits
+        try:
+            document = await asyncio.to_thread(
+                open_document,
+                body,
+                dpi=limits.pdf_dpi,
+                max_pages=limits.max_pdf_pages,
+                max_pixels=limits.max_pixels,
+            )
+        except DocumentError as exc:
+            status = 413 if exc.reason == "too_many_pages" else _DECODE_STATUS.get(exc.reason, 400)
+            raise ApiError(status, exc.reason, exc.message) from None
+        # Pages are rendered one at a time (PDFium takes one lock) and a few are read at once: the
+        # detector batches them with other requests' pages, and the rest wait unrendered.
+        in_flight = asyncio.Semaphore(_PDF_PAGES_IN_FLIGHT)
+
+        async def read(number: int) -> PageResult:
+            async with in_flight:
+                try:
+                    image = await asyncio.to_thread(document.page, number)
+                except ImageDecodeError as exc:
+                    return PageResult(
+                        page=number,
+                        text=None,
+                        lines=None,
+                        width=None,
+                        height=None,
+                        error=exc.reason,
+                        detail=exc.message,
+                    )
+                result = await self._ocr_page(image)
+                return PageResult(
+                    page=number,
+                    text=result.text,
+                    lines=result.lines,
+                    width=result.width,
+                    height=result.height,
+                )
+
+        try:
+            pages = await asyncio.gather(*(read(k) for k in range(1, document.pages + 1)))
+        finally:
+            await asyncio.to_thread(document.close)
+        return DocumentOcrResponse(
+            pages=list(pages),
+            page_count=document.pages,
+            text="\f".join(p.text or "" for p in pages),
+            models=await self._model_versions(),
+        )
+
+    async def _ocr_page(self, image: np.ndarray) -> OcrResponse:
+        """Detection, then the ensemble over the page's crops."""
         detection: Detection = await self.detector.detect.remote(image)
         results = await run_ensemble_async(self.members, detection.crops) if detection.crops else []
         lines = [

@@ -279,7 +279,11 @@ class LimitsConfig(StrictModel):
         max_body_bytes: largest request body; larger ones get 413, decided from ``Content-Length``
             before the body is read (a body without one is read only up to the limit).
         max_pixels: largest ``width * height``; checked from the image header before any pixel
-            buffer is allocated (decompression bombs get 413 without being decoded).
+            buffer is allocated (decompression bombs get 413 without being decoded). Also the limit
+            of each rendered PDF page (a page over it is that page's error in the answer).
+        max_pdf_pages: most pages of a PDF uploaded to ``POST /v1/ocr`` (413 ``too_many_pages``
+            beyond, before any page is rendered).
+        pdf_dpi: resolution PDF pages are rendered at (as the bulk job's ``documents.dpi``).
         max_header_bytes: largest total size of the request's header lines (names, values and their
             separators); larger ones get 431 on every route.
         body_timeout_s: the whole body must arrive within this many seconds of the ingress starting
@@ -293,6 +297,8 @@ class LimitsConfig(StrictModel):
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
+    max_pdf_pages: int = Field(default=20, ge=1)
+    pdf_dpi: float = Field(default=150.0, gt=0, le=1200)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     body_timeout_s: float = Field(default=60.0, gt=0)
     body_min_bytes_per_s: float = Field(default=1024.0, ge=0)

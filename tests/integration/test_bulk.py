@@ -19,6 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from ocrjobs import cli, storage
+from ocrjobs.jobs import demo
 from ocrjobs.jobs.bulk import FORMULA_ENSEMBLE, BulkConfig, ExportsConfig, run_bulk
 from ocrjobs.jobs.bulk import _report as bulk_report
 from ocrjobs.jobs.bulk_udfs import OUTPUT_SCHEMA
@@ -349,8 +350,15 @@ def test_demo_prints_a_table_of_the_bundled_receipts(
     )
     assert len(samples) >= 5
     table = out[out.index("file ") :].splitlines()
-    assert [line.split()[0] for line in table[1 : 1 + len(samples)]] == samples
-    assert f"{len(samples)} images, {len(samples)} read, 0 errors" in out
+    # The samples, and a PDF made at run time from the first of them, one receipt per page.
+    pages = demo.DEMO_PDF_PAGES
+    listed = [
+        " ".join(line.split()[: 2 if "receipts.pdf" in line else 1])
+        for line in table[1 : 1 + len(samples) + pages]
+    ]
+    assert listed == [f"receipts.pdf p{k}/{pages}" for k in range(1, pages + 1)] + samples
+    rows = len(samples) + pages
+    assert f"{rows} pages of {len(samples) + 1} files, {rows} read, 0 errors" in out
     assert str(tmp_path / "demo" / "parquet") in out
 
 
@@ -421,16 +429,18 @@ def test_folder_input_keeps_every_decodable_format_and_names_the_files_it_skips(
     )
 
     rows = {storage.basename(r["uri"]): r for r in read_rows(str(out))}
-    assert sorted(rows) == ["a.png", "b.gif", "c.ppm", "d.jp2"]
-    assert all(r["error"] is None and r["width"] == 96 for r in rows.values())
-    assert summary["inputs"] == 4
+    assert sorted(rows) == ["a.png", "b.gif", "c.ppm", "d.jp2", "scan.pdf"]
+    assert all(r["error"] is None and r["width"] == 96 for n, r in rows.items() if n != "scan.pdf")
+    # PDFs are inputs now: this one is only a header, so it is one error row.
+    assert (rows["scan.pdf"]["error"], rows["scan.pdf"]["page"]) == ("corrupt", None)
+    assert summary["inputs"] == 5
     assert summary["skipped_files"] == {
-        "count": 2,
-        "by_suffix": {"(none)": 1, ".pdf": 1},
-        "names": [str(inputs / "README"), str(inputs / "scan.pdf")],
+        "count": 1,
+        "by_suffix": {"(none)": 1},
+        "names": [str(inputs / "README")],
     }
     assert summary["temporaries_removed"] == 2 and not any(p.exists() for p in leftovers)
-    assert "2 files skipped as not images (README, scan.pdf)" in bulk_report(summary)
+    assert "1 files skipped as neither images nor documents (README)" in bulk_report(summary)
 
 
 def test_watchdog_stops_a_deadlocked_pipeline_and_frees_the_cluster(
@@ -461,7 +471,7 @@ def test_watchdog_stops_a_deadlocked_pipeline_and_frees_the_cluster(
 
     message = str(error.value)
     assert "no result rows reached the driver for" in message and "(progress_timeout_s: 5)" in message
-    assert "Pending: 1 of 1 shards of this run, 30 images without a result" in message
+    assert "Pending: 1 of 1 shards of this run, 30 inputs without all their rows" in message
     assert "detection 1 actor of 1 CPU" in message and "1 alive node: 2 CPU" in message
     summary = json.loads((tmp_path / "out" / "_summary.json").read_text())
     assert summary["status"] == "stalled" and summary["error"] == message

@@ -40,6 +40,7 @@ TOKEN = "test-token-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MAX_BODY = 300_000
 MAX_PIXELS = 2_000_000
+MAX_PDF_PAGES = 4
 # A stalled upload is answered 408 once its mean rate falls under the minimum, after this grace.
 BODY_GRACE_S = 6.0
 FONT = matplotlib.get_data_path() + "/fonts/ttf/DejaVuSans.ttf"
@@ -180,6 +181,8 @@ def service(serve_http: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             "body_timeout_s": 20.0,
             "body_grace_s": BODY_GRACE_S,
             "body_min_bytes_per_s": 1024,
+            "max_pdf_pages": MAX_PDF_PAGES,
+            "pdf_dpi": 72,  # a page of w x h pt renders to the w x h pixels it was made from
         },
         "auth": {"token_env": TOKEN_ENV},
     }
@@ -242,6 +245,54 @@ def test_ocr_returns_lines_and_the_full_text(client: httpx.Client, page_png: byt
     assert client.post("/v1/ocr", content=jpeg, headers={"Content-Type": "image/jpeg"}).status_code == 200
 
 
+def test_ocr_reads_a_pdf_page_by_page_as_it_reads_the_same_pages_as_images(client: httpx.Client) -> None:
+    from ocrjobs.documents import pdf_from_images
+    from tests.unit.test_documents import encrypted_pdf
+
+    pages = [
+        np.asarray(render_lines([f"RECEIPT {k:04d}", "COFFEE 3.50", f"TOTAL {k}.75"], size=16, width=240))
+        for k in range(3)
+    ]
+    # The third page is over limits.max_pixels at 72 dpi: that page alone is refused.
+    big = np.full((1500, 1500, 3), 255, np.uint8)
+    pdf = pdf_from_images([*pages, big], dpi=72)
+    response = client.post("/v1/ocr", content=pdf, headers={"Content-Type": "application/pdf"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["page_count"] == 4 and [p["page"] for p in body["pages"]] == [1, 2, 3, 4]
+    assert body["models"] == {"detector": "det_tiny@test", "members": ["crnn_tiny@test", "aster_tiny@test"]}
+    for page, image in zip(body["pages"], pages, strict=False):
+        alone = client.post(
+            "/v1/ocr", content=_encode(Image.fromarray(image)), headers={"Content-Type": "image/png"}
+        )
+        assert alone.status_code == 200, alone.text
+        expected = alone.json()
+        assert page["error"] is None and page["lines"]
+        assert (page["width"], page["height"]) == (expected["width"], expected["height"])
+        assert page["text"] == expected["text"]
+        assert [line["polygon"] for line in page["lines"]] == [line["polygon"] for line in expected["lines"]]
+    assert (body["pages"][3]["error"], body["pages"][3]["lines"]) == ("too_many_pixels", None)
+    assert body["text"] == "\f".join(p["text"] or "" for p in body["pages"])
+
+    # Sniffed from its bytes whatever the label, and as a multipart file part.
+    as_octets = client.post("/v1/ocr", files={"file": ("scan.pdf", pdf, "application/pdf")})
+    assert as_octets.status_code == 200 and as_octets.json()["page_count"] == 4
+    assert (
+        client.post("/v1/ocr", content=pdf, headers={"Content-Type": "image/png"}).json()["page_count"] == 4
+    )
+
+    refused = {
+        "encrypted": (encrypted_pdf(), 400),
+        "corrupt": (pdf[: len(pdf) // 2], 400),
+        "too_many_pages": (pdf_from_images(pages * 2, dpi=72), 413),
+    }
+    for reason, (data, status) in refused.items():
+        answer = client.post("/v1/ocr", content=data, headers={"Content-Type": "application/pdf"})
+        assert (answer.status_code, answer.json()["error"]) == (status, reason), answer.text
+    single = client.post("/v1/recognize", content=pdf, headers={"Content-Type": "application/pdf"})
+    assert (single.status_code, single.json()["error"]) == (415, "unsupported_media_type")
+
+
 def test_recognize_reports_every_member_and_picks_the_best_mean(client: httpx.Client) -> None:
     crop = _encode(render_lines(["TOTAL 12.50"], size=20, width=200))
     response = client.post("/v1/recognize", content=crop, headers={"Content-Type": "image/png"})
@@ -296,6 +347,7 @@ def test_models_stats_health_and_openapi(client: httpx.Client, service: str) -> 
         schema["paths"]
     )
     assert set(schema["paths"]["/v1/ocr"]["post"]["requestBody"]["content"]) >= {
+        "application/pdf",
         "image/png",
         "multipart/form-data",
     }

@@ -16,7 +16,7 @@ from PIL import Image
 from ocrjobs.config import StorageConfig
 from ocrjobs.images import encode_jpeg, encode_png
 from ocrjobs.jobs import bulk, demo
-from ocrjobs.jobs.bulk_udfs import INPUT_SCHEMA, OUTPUT_SCHEMA, RESULT_SCHEMA, _run_isolated, read_decode
+from ocrjobs.jobs.bulk_udfs import INPUT_SCHEMA, OUTPUT_SCHEMA, RESULT_SCHEMA, _run_isolated, read_pages
 
 LINE = {
     "polygon": [1.0, 2.0, 30.0, 2.0, 30.0, 12.5, 1.0, 12.5],
@@ -33,6 +33,8 @@ def _results() -> pa.Table:
             "uri": ["s3://b/in/a.jpg", "s3://b/in/blank.png", "s3://b/in/bad.jpg"],
             "shard": [0, 0, 0],
             "position": [0, 1, 2],
+            "page": [1, 1, None],
+            "pages": [1, 1, None],
             "width": [40, 50, None],
             "height": [20, 60, None],
             "error": [None, None, "corrupt"],
@@ -91,7 +93,7 @@ def _image(h: int, w: int) -> np.ndarray:
     return np.random.default_rng(h * w).integers(0, 255, (h, w, 3), dtype=np.uint8)
 
 
-def test_read_decode_turns_every_bad_input_into_an_error_row(tmp_path: Path) -> None:
+def test_read_pages_turns_every_bad_input_into_an_error_row(tmp_path: Path) -> None:
     good = encode_png(_image(30, 20))
     jpeg = encode_jpeg(_image(40, 50))
     gray = io.BytesIO()
@@ -111,7 +113,7 @@ def test_read_decode_turns_every_bad_input_into_an_error_row(tmp_path: Path) -> 
     batch = pa.Table.from_pydict(
         {"uri": uris, "shard": [3] * len(uris), "position": list(range(len(uris)))}, schema=INPUT_SCHEMA
     )
-    out = read_decode(batch, storage_config=StorageConfig(), max_pixels=5000, read_threads=4)
+    out = pa.concat_tables(read_pages(batch, storage_config=StorageConfig(), max_pixels=5000, read_threads=4))
     rows = {Path(r["uri"]).name: r for r in out.to_pylist()}
     assert out.column("uri").to_pylist() == uris
     assert {n: r["error"] for n, r in rows.items()} == {
@@ -125,6 +127,11 @@ def test_read_decode_turns_every_bad_input_into_an_error_row(tmp_path: Path) -> 
         "missing.png": "not_found",
     }
     assert (rows["a.png"]["width"], rows["a.png"]["height"]) == (20, 30)
+    # Opened files are page 1 of 1 (a page that fails to decode too); files never opened have no page.
+    assert {n: (r["page"], r["pages"]) for n, r in rows.items()} == {
+        **{n: (1, 1) for n in ("a.png", "b.jpg", "c.png", "truncated.jpg", "huge.png")},
+        **{n: (None, None) for n in ("empty.jpg", "text.jpg", "missing.png")},
+    }
     assert np.array_equal(np.frombuffer(rows["a.png"]["pixels"], np.uint8).reshape(30, 20, 3), _image(30, 20))
     assert len(rows["c.png"]["pixels"]) == 12 * 16 * 3  # gray becomes RGB
     for name in ("empty.jpg", "missing.png"):
@@ -159,10 +166,14 @@ def test_demo_table_shows_lines_and_errors() -> None:
         {"uri": "/x/b.jpg", "lines": [LINE, LINE], "text": "\n  first words here\nsecond", "error": None},
         {"uri": "/x/a.jpg", "lines": None, "text": None, "error": "corrupt"},
         {"uri": "/x/c.jpg", "lines": [], "text": "", "error": None},
+        {"uri": "/x/d.pdf", "page": 2, "pages": 2, "lines": [LINE], "text": "page two", "error": None},
+        {"uri": "/x/d.pdf", "page": 1, "pages": 2, "lines": [LINE], "text": "page one", "error": None},
     ]
     assert demo.format_table(rows).splitlines() == [
-        "file   lines  first line of text",
-        "a.jpg      -  error: corrupt",
-        "b.jpg      2  first words here",
-        "c.jpg      0  ",
+        "file        lines  first line of text",
+        "a.jpg           -  error: corrupt",
+        "b.jpg           2  first words here",
+        "c.jpg           0  ",
+        "d.pdf p1/2      1  page one",
+        "d.pdf p2/2      1  page two",
     ]

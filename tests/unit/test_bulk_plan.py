@@ -114,6 +114,8 @@ def result_rows(shard: int, positions: list[int], uris: tuple[str, ...]) -> pa.T
             "uri": [uris[p] for p in positions],
             "shard": [shard] * n,
             "position": positions,
+            "page": [1] * n,
+            "pages": [1] * n,
             "width": [10] * n,
             "height": [20] * n,
             "error": [None] * n,

@@ -137,8 +137,8 @@ def test_a_stuck_pipeline_is_stopped_after_the_timeout_with_finished_shards_writ
     message = str(error.value)
     assert "no result rows reached the driver for 61 s (progress_timeout_s: 60)" in message
     assert (
-        f"Pending: 1 of 2 shards of this run, 2 images without a result (e.g. {second.name} (2/4 rows))"
-        in (message)
+        f"Pending: 1 of 2 shards of this run, 2 inputs without all their rows (e.g. {second.name} "
+        "(2/4 inputs done, 2 rows))" in (message)
     )
     assert (
         "decode 0.25 CPU per task; detection 1 actor of 0.75 CPU; recognition 1 actor of 0.75 CPU" in message

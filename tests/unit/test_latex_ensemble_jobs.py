@@ -176,6 +176,8 @@ def _decoded(images: dict[str, np.ndarray], bad: str) -> pa.Table:
             "uri": [f"/in/{n}" for n in names],
             "shard": [0] * len(names),
             "position": list(range(len(names))),
+            "page": [1] * len(images) + [None],
+            "pages": [1] * len(images) + [None],
             "width": [im.shape[1] for im in images.values()] + [None],
             "height": [im.shape[0] for im in images.values()] + [None],
             "error": [None] * len(images) + ["empty"],
