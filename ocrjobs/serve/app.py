@@ -400,9 +400,19 @@ class ErrorResponse(BaseModel):
 
 
 class Health(BaseModel):
-    """Liveness."""
+    """Readiness: ``ok`` (200, alone) when every deployment of the application is healthy, else
+    ``starting`` or ``degraded`` (503) with ``deployments`` mapping each deployment to its Serve status."""
 
     status: str
+    deployments: dict[str, str] = Field(default_factory=dict)
+
+
+def _deployment_states(app_name: str) -> tuple[str, dict[str, str]]:
+    """``(application status, {deployment: status})`` from the Serve controller (a blocking call)."""
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return "NOT_STARTED", {}
+    return str(app.status.value), {name: str(d.status.value) for name, d in app.deployments.items()}
 
 
 class ApiError(Exception):
@@ -693,6 +703,7 @@ class OcrApi:
         # once (the client can retry elsewhere), and the body deadline and minimum rate free the slots
         # of stalled clients within limits.body_grace_s.
         self._slots = _Slots(self.config.ingress.max_image_requests)
+        self._health: tuple[float, Health] | None = None  # (when, the last healthy answer)
         _use_limits(self.config.limits)
 
     # ---------------------------------------------------------------- input
@@ -841,12 +852,34 @@ class OcrApi:
 
     # ---------------------------------------------------------------- routes
 
-    @api.get("/healthz", response_model=Health)
-    async def healthz(self) -> Health:
-        """Liveness: the ingress answers (no auth, for load balancers and probes)."""
+    @api.get(
+        "/healthz",
+        response_model=Health,
+        response_model_exclude_defaults=True,
+        responses={503: {"model": Health}},
+    )
+    async def healthz(self) -> Health | JSONResponse:
+        """Readiness (no auth, for load balancers and probes): 200 when every deployment is healthy,
+        503 with each deployment's state while the application starts or when one is degraded."""
         # No body is read and no image slot taken: uploads, however slow, leave
-        # ingress.reserved_requests slots for this route (see _Slots in __init__).
-        return Health(status="ok")
+        # ingress.reserved_requests slots for this route (see _Slots in __init__). A healthy answer is
+        # reused for a second, so probes do not load the Serve controller.
+        now = time.monotonic()
+        if self._health is not None and now - self._health[0] < 1.0:
+            return self._health[1]
+        try:
+            app_status, states = await asyncio.wait_for(
+                asyncio.to_thread(_deployment_states, serve.get_replica_context().app_name), timeout=2.0
+            )
+        except Exception:  # the controller is busy or gone: not ready, whatever the reason
+            logger.warning("healthz: no status from the Serve controller", exc_info=True)
+            app_status, states = "UNKNOWN", {}
+        if app_status == "RUNNING" and all(v == "HEALTHY" for v in states.values()):
+            self._health = (now, Health(status="ok"))  # {"status": "ok"}, as before
+            return self._health[1]
+        self._health = None
+        status = "starting" if app_status in ("DEPLOYING", "NOT_STARTED") else "degraded"
+        return JSONResponse(Health(status=status, deployments=states).model_dump(), status_code=503)
 
     @api.post(
         "/v1/ocr",

@@ -18,21 +18,39 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from ocrjobs import storage
 from ocrjobs.config import ConfigError, parse_overrides
+from ocrjobs.raycluster import NodeResources, describe_nodes
+from ocrjobs.serve.config import ServeConfig, deployment_sections, size_to_cluster, start_replicas
 
-__all__ = ["add_arguments", "check_models", "local_model_paths", "run"]
+__all__ = [
+    "add_arguments",
+    "check_models",
+    "default_config_path",
+    "local_model_paths",
+    "run",
+    "unplaceable",
+    "wait_until_running",
+]
+
+DEFAULT_CONFIG = Path("configs") / "serve.yaml"
+# Ctrl-C/SIGTERM to exit: Serve's and Ray's shutdown together get this long, then the process exits anyway.
+SHUTDOWN_S = 6.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ocrjobs serve``."""
     parser.add_argument(
-        "--config", help="Serve config file (configs/serve.yaml) or a file of the application's args"
+        "--config",
+        help="Serve config file or a file of the application's args (default: the shipped "
+        "configs/serve.yaml, or the built-in defaults, with CPUs/GPUs sized to the cluster)",
     )
     parser.add_argument(
         "--set",
@@ -43,6 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--host", help="address to bind (default: http_options.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default: http_options.port, 8000)")
+    parser.add_argument(
+        "--start-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="exit with code 2 (naming the deployment, what it asks and what the cluster has) when the "
+        "application is not running within this time (default 120)",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
@@ -111,16 +137,181 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def default_config_path() -> Path | None:
+    """The shipped ``configs/serve.yaml``: in the working directory, else beside the package's checkout."""
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (root / DEFAULT_CONFIG).is_file():
+            return root / DEFAULT_CONFIG
+    return None
+
+
+def _describe_ask(section: Any) -> str:
+    ask = f"{section.num_cpus:g} CPU" + (f" + {section.num_gpus:g} GPU" if section.num_gpus else "")
+    replicas = start_replicas(section)
+    return f"{ask} per replica x {replicas} replica{'s' if replicas != 1 else ''}"
+
+
+def unplaceable(config: ServeConfig, nodes: Sequence[NodeResources]) -> list[str]:
+    """One line per deployment whose replica no alive node can host (Ray would wait for it forever).
+
+    A resource no node has at all (GPUs before the first GPU node joins) is left to an autoscaler.
+    """
+    if not nodes:
+        return []
+    max_cpus = max(n.cpus for n in nodes)
+    max_gpus = max(n.gpus for n in nodes)
+    lines = []
+    for name, field, section in deployment_sections(config):
+        if any(n.cpus >= section.num_cpus and n.gpus >= section.num_gpus for n in nodes):
+            continue
+        if (section.num_gpus > 0 and max_gpus == 0) or (section.num_cpus > 0 and max_cpus == 0):
+            continue
+        lines.append(
+            f"deployment {name!r} ({field}) asks {_describe_ask(section)}, more than any node has: "
+            f"the largest has {max_cpus:g} CPU and {max_gpus:g} GPU ({describe_nodes(nodes)})"
+        )
+    return lines
+
+
+def _app_states(app_name: str) -> tuple[str, str, dict[str, tuple[str, dict[str, int]]]]:
+    """``(application status, its message, {deployment: (status, replica states)})``."""
+    from ray import serve
+
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return "NOT_STARTED", "", {}
+    deployments = {
+        name: (
+            str(d.status.value),
+            {str(k.value if hasattr(k, "value") else k): v for k, v in d.replica_states.items()},
+        )
+        for name, d in app.deployments.items()
+    }
+    return str(app.status.value), app.message, deployments
+
+
+def _summary(deployments: dict[str, tuple[str, dict[str, int]]]) -> str:
+    parts = []
+    for name, (status, replicas) in deployments.items():
+        shown = ", ".join(f"{k} {v}" for k, v in sorted(replicas.items()))
+        parts.append(f"{name} {status}" + (f" ({shown})" if shown and status != "HEALTHY" else ""))
+    return "; ".join(parts) or "no deployments yet"
+
+
+def _unplaced_deployments(app_name: str) -> set[str]:
+    """Deployments with a replica actor that waits for resources (Serve only says ``STARTING``)."""
+    try:
+        from ray._private.state import actors  # Ray's actor table (a debugging API, no dashboard needed)
+
+        prefix = f"SERVE_REPLICA::{app_name}#"
+        table = actors(actor_state_name="PENDING_CREATION")
+        names = [str(a.get("Name", "")) for a in (table.values() if isinstance(table, dict) else table)]
+    except Exception:  # an older or newer Ray without it: say "not ready" only
+        return set()
+    return {n[len(prefix) :].split("#")[0] for n in names if n.startswith(prefix)}
+
+
+def wait_until_running(app_name: str, config: ServeConfig, timeout_s: float) -> str | None:
+    """Poll ``serve.status()`` until the application runs, printing each change of its deployments' states.
+
+    Returns:
+        ``None`` once every deployment is healthy, else why not (the deployments not ready, what each asks
+        and what the cluster has): the deploy failed, or ``timeout_s`` passed.
+    """
+    import ray
+
+    from ocrjobs.raycluster import alive_nodes
+
+    start = time.monotonic()
+    shown = ""
+    status, message = "NOT_STARTED", ""
+    deployments: dict[str, tuple[str, dict[str, int]]] = {}
+    while time.monotonic() - start < timeout_s:
+        status, message, deployments = _app_states(app_name)
+        if status == "RUNNING":
+            return None
+        if status == "DEPLOY_FAILED":
+            break
+        summary = _summary(deployments)
+        if summary != shown:
+            print(f"serve: starting ({time.monotonic() - start:.0f} s): {summary}", flush=True)
+            shown = summary
+        time.sleep(0.5)
+    sections = {name: (field, section) for name, field, section in deployment_sections(config)}
+    nodes = alive_nodes()
+    free = ray.available_resources()
+    pending = _unplaced_deployments(app_name)
+    lines = []
+    for name, (state, replicas) in deployments.items():
+        if state == "HEALTHY" or name not in sections:
+            continue
+        field, section = sections[name]
+        placed = "not placed" if name in pending else "not ready (placed, still starting)"
+        lines.append(
+            f"deployment {name!r} ({field}) {placed}: {state}, replicas "
+            f"{dict(sorted(replicas.items()))}, asks {_describe_ask(section)}"
+        )
+    if not lines:
+        lines.append(f"application {app_name!r} {status}")
+    why = (
+        "deploy failed"
+        if status == "DEPLOY_FAILED"
+        else f"not running within {timeout_s:g} s (--start-timeout)"
+    )
+    return (
+        f"{why}:\n  "
+        + "\n  ".join(lines)
+        + f"\n  the cluster has {describe_nodes(nodes)}; free now: {free.get('CPU', 0.0):g} CPU, "
+        f"{free.get('GPU', 0.0):g} GPU"
+        + (f"\n  Serve says: {message.strip()}" if message.strip() else "")
+        + "\n  Lower the deployments' num_cpus/num_gpus (or run without --config to size them from the "
+        "cluster), add nodes, or raise --start-timeout if the models only load slowly."
+    )
+
+
+def _stop(started: bool, app_name: str, budget_s: float = SHUTDOWN_S) -> bool:
+    """Remove the application (and Serve and Ray if this command started them) within ``budget_s``.
+
+    Each step runs in a daemon thread: Serve's own shutdown waits up to 30 s for its controller, so it
+    gets half the budget and Ray's shutdown (which ends the replicas and the controller with it) starts
+    after that in any case; it may hang on a busy machine too. Returns False when a step is still
+    running at the end (on someone else's cluster: the application's removal): the caller then exits at
+    once, as a thread left running would hold the interpreter's exit.
+    """
+    import ray
+    from ray import serve
+
+    deadline = time.monotonic() + budget_s
+    if started:
+        first = threading.Thread(target=serve.shutdown, daemon=True)
+        first.start()
+        first.join(budget_s / 2)
+        if first.is_alive():
+            print(f"serve: Serve's shutdown took more than {budget_s / 2:g} s; stopping Ray", file=sys.stderr)
+    last = threading.Thread(target=ray.shutdown if started else lambda: serve.delete(app_name), daemon=True)
+    last.start()
+    last.join(max(0.0, deadline - time.monotonic()))
+    # A Serve shutdown still running would hold the interpreter's exit too.
+    return not last.is_alive() and not (started and first.is_alive())
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run ``ocrjobs serve``; returns the exit code (0 after a clean Ctrl-C)."""
+    """Run ``ocrjobs serve``; returns the exit code (0 after a clean Ctrl-C, 2 when it cannot start)."""
     from ocrjobs.serve.config import read_serve_file
 
-    file, app, config = read_serve_file(args.config, parse_overrides(args.set))
+    path = args.config
+    sized_from_cluster = path is None
+    base = Path.cwd()
+    if path is None:
+        found = default_config_path()
+        if found is not None:
+            path, base = found, found.parent.parent
+    file, app, config = read_serve_file(path, parse_overrides(args.set))
     host = args.host or file.http_options.host
     port = args.port if args.port is not None else file.http_options.port
     remote = bool(os.environ.get("RAY_ADDRESS"))
     if not remote:
-        local_model_paths(config, Path.cwd())
+        local_model_paths(config, base)
     if args.check:
         for line in check_models(config):
             print(f"serve: ok {line}")
@@ -134,30 +325,64 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from ocrjobs.raycluster import ensure_ray
+    from ocrjobs.raycluster import alive_nodes, ensure_ray
     from ocrjobs.serve.app import build_app
 
-    started = ensure_ray()
     # Both signals stop the service cleanly; SIGINT explicitly too, because a shell starts background
     # jobs with SIGINT ignored and Python then installs no KeyboardInterrupt handler of its own.
     previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = not ray.is_initialized() and not remote  # someone else's cluster: remove only our app
+    code = 0
     try:
+        ensure_ray()
+        for sig in previous:  # ray.init installs SIGTERM handlers of its own: ours come last
+            signal.signal(sig, _raise_interrupt)
+        nodes = alive_nodes()
+        print(f"serve: {path or 'built-in defaults'} on {describe_nodes(nodes)}", flush=True)
+        if sized_from_cluster:
+            config, notes = size_to_cluster(config, nodes)
+            for name, field, section in deployment_sections(config):
+                print(f"serve: {name} ({field}): {_describe_ask(section)}", flush=True)
+            if notes:
+                print(f"serve: sized to the cluster: {', '.join(notes)}", flush=True)
+        problems = unplaceable(config, nodes)
+        if problems:
+            print("ocrjobs serve: cannot start:\n  " + "\n  ".join(problems), file=sys.stderr, flush=True)
+            code = 2
+            return code
         http_options = {**file.http_options.model_dump(), "host": host, "port": port}
         serve.start(http_options=http_options)
-        serve.run(build_app(config), name=app.name, route_prefix=app.route_prefix, blocking=False)
-        base = f"http://{host}:{port}{app.route_prefix.rstrip('/')}"
-        print(f"serve: application {app.name!r} running at {base}/ (API docs: {base}/docs); Ctrl-C stops it")
+        # serve.run always waits for the application, however long its replicas stay unplaced:
+        # deploy without waiting and watch the deployments here instead.
+        serve._run(build_app(config), name=app.name, route_prefix=app.route_prefix, _blocking=False)
+        why = wait_until_running(app.name, config, args.start_timeout)
+        if why is not None:
+            print(f"ocrjobs serve: {why}", file=sys.stderr, flush=True)
+            code = 2
+            return code
+        base_url = f"http://{host}:{port}{app.route_prefix.rstrip('/')}"
+        print(
+            f"serve: application {app.name!r} running at {base_url}/ (API docs: {base_url}/docs); Ctrl-C stops it"
+        )
         sys.stdout.flush()
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("serve: stopping", file=sys.stderr)
+        print("serve: stopping", file=sys.stderr, flush=True)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if started:
-            serve.shutdown()
-            ray.shutdown()
-        else:  # someone else's cluster: remove only what this command deployed
-            serve.delete(app.name)
-    return 0
+        stopped = _stop(started, app.name) if ray.is_initialized() else True
+        if not stopped:
+            print(
+                f"serve: shutdown did not finish within {SHUTDOWN_S:g} s; exiting anyway",
+                file=sys.stderr,
+                flush=True,
+            )
+        if started or not stopped:
+            # Ray is down (or hung): the interpreter's own exit (Ray's atexit hooks, leftover threads)
+            # took 4 s more on a busy 2-core machine, beyond the 10 s a SIGTERM may take.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +44,10 @@ __all__ = [
     "MemberConfig",
     "ServeConfig",
     "ServeFile",
+    "deployment_sections",
     "read_serve_file",
+    "size_to_cluster",
+    "start_replicas",
 ]
 
 APP_IMPORT_PATH = "ocrjobs.serve.app:build_app"
@@ -524,3 +528,77 @@ def read_serve_file(
         where = f"{where} (with overrides {sorted(k for k, v in overrides.items() if v is not None)})"
     config = ServeConfig.from_args(app.args, where=f"{where}: application {app.name!r} args")
     return file, app, config
+
+
+# ------------------------------------------------------------------------------ sizing to the cluster
+
+
+def deployment_sections(config: ServeConfig) -> list[tuple[str, str, _DeploymentSettings]]:
+    """``(deployment name, its config field, its settings)`` for every deployment ``build_app`` creates.
+
+    >>> [(name, field) for name, field, _ in deployment_sections(ServeConfig())]
+    [('OcrApi', 'ingress'), ('Detector', 'detector'), ('Recognizer_crnn_doc', 'members.0')]
+    """
+    sections: list[tuple[str, str, _DeploymentSettings]] = [
+        ("OcrApi", "ingress", config.ingress),
+        ("Detector", "detector", config.detector),
+    ]
+    sections += [(f"Recognizer_{m.resolved_name}", f"members.{i}", m) for i, m in enumerate(config.members)]
+    sections += [(f"Formula_{m.resolved_name}", f"formulas.{i}", m) for i, m in enumerate(config.formulas)]
+    return sections
+
+
+def start_replicas(section: _DeploymentSettings) -> int:
+    """Replicas a deployment starts with: ``num_replicas``, or autoscaling's initial (else min) count."""
+    if section.autoscaling is not None:
+        scaling = section.autoscaling
+        return scaling.initial_replicas if scaling.initial_replicas is not None else scaling.min_replicas
+    return section.num_replicas or 0
+
+
+def _floor(value: float, step: float = 0.01) -> float:
+    return max(step, int(value / step + 1e-9) * step) if value > 0 else 0.0
+
+
+def size_to_cluster(config: ServeConfig, nodes: Sequence[Any]) -> tuple[ServeConfig, list[str]]:
+    """Scale the deployments' ``num_cpus``/``num_gpus`` down so that their start-up replicas fit the cluster.
+
+    Like the bulk job (:func:`ocrjobs.jobs.bulk.resolve_resources`), sizes come from the nodes, not from
+    asking Ray to wait: the CPUs all replicas reserve at start (``num_replicas``, or the autoscaling
+    ``initial_replicas``/``min_replicas``) are scaled by one factor, keeping their ratios, so that their
+    sum is at most the cluster's CPUs, and no replica asks more than the largest node has. GPUs are
+    scaled the same way against the cluster's GPUs; on a cluster without GPUs they are dropped (the models
+    then run on the CPU). A config that already fits is returned unchanged.
+
+    Args:
+        config: the service's config.
+        nodes: the alive nodes (:func:`ocrjobs.raycluster.alive_nodes`; anything with ``cpus``/``gpus``).
+
+    Returns:
+        ``(a sized copy, one line per changed field)`` (no lines when nothing changed).
+
+    >>> from ocrjobs.raycluster import NodeResources
+    >>> sized, notes = size_to_cluster(ServeConfig(), [NodeResources("n", "127.0.0.1", cpus=2.0)])
+    >>> sized.ingress.num_cpus + sized.detector.num_cpus + sized.members[0].num_cpus <= 2.0
+    True
+    """
+    sized = config.model_copy(deep=True)
+    notes: list[str] = []
+    for resource, attr in (("CPU", "num_cpus"), ("GPU", "num_gpus")):
+        total = sum(getattr(n, attr.removeprefix("num_")) for n in nodes)
+        largest = max((getattr(n, attr.removeprefix("num_")) for n in nodes), default=0.0)
+        sections = deployment_sections(sized)
+        asked = sum(getattr(s, attr) * start_replicas(s) for _, _, s in sections)
+        if asked <= 0 or (resource == "CPU" and total <= 0):  # no CPU node yet: an autoscaler adds them
+            continue
+        # GPUs asked of a cluster without any are dropped; a little headroom below the exact sum
+        # otherwise (Ray's fractional resources are fixed-point).
+        factor = 0.0 if resource == "GPU" and total <= 0 else min(1.0, total * 0.999 / asked)
+        for name, _, section in sections:
+            before = getattr(section, attr)
+            after = min(before * factor, largest) if factor > 0 else 0.0
+            after = _floor(after) if after > 0 else 0.0
+            if after < before - 1e-9:
+                setattr(section, attr, after)
+                notes.append(f"{name}.{attr}: {before:g} -> {after:g}")
+    return sized, notes
