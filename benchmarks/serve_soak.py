@@ -272,9 +272,14 @@ def _progress(row: dict[str, Any]) -> str:
 def flatness(samples: list[dict[str, Any]], total: int, allowed: float) -> dict[str, dict[str, Any]]:
     """Per replica: RSS max/min over the samples of the second half of the run (``requests >= total/2``).
 
+    A busy replica's RSS also swings with the batch it is running when sampled, so ``trend`` sets the
+    median of the window's last third against that of its first third: growth moves it, swings
+    within a bounded range do not.
+
     Returns:
-        ``{replica: {"samples", "min_mb", "max_mb", "first_mb", "last_mb", "ratio", "flat"}}``; a
-        replica sampled fewer than twice there (restarted, or the run was short) is not flat.
+        ``{replica: {"samples", "min_mb", "max_mb", "first_mb", "last_mb", "ratio", "trend", "flat"}}``;
+        ``flat`` is ``ratio <= 1 + allowed``; a replica sampled fewer than twice there (restarted,
+        or the run was short) is not flat.
     """
     window = [s for s in samples if s["requests"] >= total / 2]
     names = sorted({name for s in window for name in s["rss_mb"]})
@@ -282,6 +287,8 @@ def flatness(samples: list[dict[str, Any]], total: int, allowed: float) -> dict[
     for name in names:
         values = [s["rss_mb"][name] for s in window if name in s["rss_mb"]]
         ratio = max(values) / min(values)
+        third = max(1, len(values) // 3)
+        trend = float(np.median(values[-third:]) / np.median(values[:third]))
         out[name] = {
             "samples": len(values),
             "min_mb": min(values),
@@ -289,6 +296,7 @@ def flatness(samples: list[dict[str, Any]], total: int, allowed: float) -> dict[
             "first_mb": values[0],
             "last_mb": values[-1],
             "ratio": round(ratio, 4),
+            "trend": round(trend, 4),
             "flat": len(values) >= 2 and ratio <= 1 + allowed,
         }
     return out
@@ -381,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in verdicts.items():
         print(
             f"{name}: RSS {v['first_mb']:.0f} -> {v['last_mb']:.0f} MB over the second half "
-            f"(min {v['min_mb']:.0f}, max {v['max_mb']:.0f}, max/min {v['ratio']:.3f}): "
+            f"(min {v['min_mb']:.0f}, max {v['max_mb']:.0f}, max/min {v['ratio']:.3f}, "
+            f"trend {v['trend']:.3f}): "
             f"{'flat' if v['flat'] else 'NOT flat'}"
         )
     flat = bool(verdicts) and all(v["flat"] for v in verdicts.values())

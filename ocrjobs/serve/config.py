@@ -33,7 +33,6 @@ from ocrjobs.config import _reject_credentials as reject_credentials
 
 __all__ = [
     "APP_IMPORT_PATH",
-    "REPLICA_ENV_VARS",
     "AppEntry",
     "AuthConfig",
     "AutoscalingConfig",
@@ -51,15 +50,6 @@ __all__ = [
 ]
 
 APP_IMPORT_PATH = "ocrjobs.serve.app:build_app"
-
-REPLICA_ENV_VARS: dict[str, str] = {
-    # glibc gives threads that allocate at the same time malloc arenas of their own (up to 8 per core)
-    # and keeps what each has freed. Replicas run their model calls on asyncio.to_thread's pool, so
-    # a replica's memory climbed towards one peak working set per arena: the Recognizer grew from 2.3
-    # to 3.6 GB over 400 SROIE receipts and was still growing (docs/benchmarks.md, "Serve soak").
-    "MALLOC_ARENA_MAX": "2",
-}
-"""Environment every replica process gets (a deployment's ``env_vars`` may override each)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -109,10 +99,9 @@ class _DeploymentSettings(StrictModel):
         num_cpus: CPUs reserved per replica (fractions allowed); also sets the replica's thread pools
             (Ray gives a replica ``OMP_NUM_THREADS`` = its whole CPUs, at least 1).
         num_gpus: GPUs per replica (fractions share one GPU); models run on ``cuda`` when > 0.
-        env_vars: environment variables of the replica processes (a Ray runtime_env), added to
-            :data:`REPLICA_ENV_VARS` (a name given here wins). They are visible in Serve's status
-            output: never put secrets here; give the replicas' hosts the token environment variable
-            instead (see ``auth``).
+        env_vars: environment variables of the replica processes (a Ray runtime_env). They are
+            visible in Serve's status output: never put secrets here; give the replicas' hosts the
+            token environment variable instead (see ``auth``).
     """
 
     num_replicas: int | None = Field(default=1, ge=0)
@@ -132,11 +121,9 @@ class _DeploymentSettings(StrictModel):
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options(...)``."""
-        actor: dict[str, Any] = {
-            "num_cpus": self.num_cpus,
-            "num_gpus": self.num_gpus,
-            "runtime_env": {"env_vars": {**REPLICA_ENV_VARS, **self.env_vars}},
-        }
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.env_vars:
+            actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "ray_actor_options": actor,
