@@ -12,6 +12,7 @@ so an exported graph could not be checked against the PyTorch model.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,14 @@ def _run_command(checkpoint_uri: str, config: StorageConfig | None) -> str | Non
     return storage.read_text(uri, config).strip() if storage.exists(uri, config) else None
 
 
+def _shown(uri: str) -> str:
+    """``uri`` relative to the working directory when it is a local path below it (cards travel with the repo)."""
+    if "://" in uri or not os.path.isabs(uri):
+        return uri
+    relative = os.path.relpath(uri)
+    return uri if relative.startswith("..") else relative
+
+
 def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command: str | None) -> str:
     """The ``CARD.md`` text of an exported model.
 
@@ -87,7 +96,7 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
     lines = [
         f"# {spec.name}",
         "",
-        f"{cfg.task} model `{spec.arch}` trained by ocrjobs run `{cfg.name}`, exported from `{info.uri}` "
+        f"{cfg.task} model `{spec.arch}` trained by ocrjobs run `{cfg.name}`, exported from `{_shown(info.uri)}` "
         f"on {dt.date.today().isoformat()} (version `{spec.version}`).",
         "",
         "## Training",
@@ -115,7 +124,7 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
                 part += "; case-insensitive labels"
             lines.append(f"- {split_name}: `{source.uri}` ({source.format}, weight {source.weight:g}{part})")
         if cfg.model.init_from and split_name == "train":
-            lines.append(f"- initialised from the model folder `{cfg.model.init_from}`")
+            lines.append(f"- initialised from the model folder `{_shown(cfg.model.init_from)}`")
         for synth in split.synthetic:
             style = f" ({synth.options['style']} style)" if "style" in synth.options else ""
             lines.append(f"- {split_name}: synthetic `{synth.kind}` x {synth.count}{style}")

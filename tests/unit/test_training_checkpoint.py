@@ -240,3 +240,15 @@ def test_a_restart_resumes_from_storage_when_ray_registered_an_older_checkpoint(
     assert _resume_state(cfg)["epoch"] == 2
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
     assert _resume_state(cfg.model_copy(update={"name": "fresh"})) is None
+
+
+def test_cards_show_local_paths_below_the_working_directory_relative(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ocrjobs.training.export import _shown
+
+    monkeypatch.chdir(tmp_path)
+    assert _shown(str(tmp_path / "runs" / "r3" / "epoch_0004")) == "runs/r3/epoch_0004"
+    assert _shown("/elsewhere/models/x") == "/elsewhere/models/x"
+    assert _shown("s3://bucket/runs/r3") == "s3://bucket/runs/r3"
+    assert _shown("models/x") == "models/x"
