@@ -72,7 +72,8 @@ class EvalConfig(StrictModel):
         model: model folder (detection or recognition model; the detector for ``e2e``), or for
             ``recognition`` and ``latex`` a list of recognizer folders scored as their ensemble (a
             one-item list is the single model).
-        rec_model: the recognizer for ``e2e``.
+        rec_model: the recognizer for ``e2e``, or a list of recognizer folders read as their ensemble
+            (Serve's propose-and-score; each member's own end-to-end metrics are reported beside it).
         predictions: JSONL of saved predictions, scored instead of running a model.
         limit: score only the first N images (sorted by name).
         holdout_every: score only every N-th image sorted by name: the held-out dev part that a
@@ -87,7 +88,7 @@ class EvalConfig(StrictModel):
     format: str
     split: str | None = None
     model: str | list[str] | None = None
-    rec_model: str | None = None
+    rec_model: str | list[str] | None = None
     predictions: str | None = None
     limit: int | None = Field(default=None, ge=1)
     holdout_every: int | None = Field(default=None, ge=2)
@@ -95,7 +96,7 @@ class EvalConfig(StrictModel):
     device: str = "cpu"
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
-    @field_validator("model")
+    @field_validator("model", "rec_model")
     @classmethod
     def _model_list(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list):
@@ -112,6 +113,12 @@ class EvalConfig(StrictModel):
     def models(self) -> list[str]:
         """The model folders, as a list (empty when scoring saved predictions)."""
         return [] if self.model is None else [self.model] if isinstance(self.model, str) else list(self.model)
+
+    @property
+    def rec_models(self) -> list[str]:
+        """The e2e recognizer folders, as a list."""
+        rec = self.rec_model
+        return [] if rec is None else [rec] if isinstance(rec, str) else list(rec)
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
@@ -141,7 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model folder (the detector for e2e); repeat it to score recognizers as their ensemble "
         "(recognition, latex), printing each member's metrics beside the ensemble's",
     )
-    parser.add_argument("--rec-model", help="recognizer model folder (e2e)")
+    parser.add_argument(
+        "--rec-model",
+        action="append",
+        help="recognizer model folder (e2e); repeat it to read the lines with the recognizers' ensemble, "
+        "printing each member's end-to-end metrics beside the ensemble's",
+    )
     parser.add_argument("--predictions", help="JSONL of saved predictions to score instead of a model")
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument(
@@ -248,44 +260,75 @@ def _eval_detection(config: EvalConfig, records: list[Record]) -> dict[str, Any]
             ]
             for r in records
         ]
+        member_preds: dict[str, list[list[Prediction]]] = {}
     else:
-        preds = _run_detection_models(config, records)
+        preds, member_preds = _run_detection_models(config, records)
     seconds = time.perf_counter() - start
-    if config.task == "e2e":
-        metrics = evaluate_end_to_end(records, preds)
-        folded = evaluate_end_to_end(records, preds, case_sensitive=False)
+
+    def scored(predictions: list[list[Prediction]]) -> dict[str, Any]:
+        if config.task != "e2e":
+            return evaluate_detection(records, predictions)
+        metrics = evaluate_end_to_end(records, predictions)
+        folded = evaluate_end_to_end(records, predictions, case_sensitive=False)
         metrics.update({f"{k}_ci": v for k, v in folded.items() if "e2e" in k})
-    else:
-        metrics = evaluate_detection(records, preds)
+        return metrics
+
+    metrics = scored(preds)
     metrics.update(seconds=round(seconds, 3), images_per_s=round(len(records) / max(seconds, 1e-9), 3))
+    if member_preds:
+        metrics["members"] = {
+            name: {"model": path, **scored(p)}
+            for (name, p), path in zip(member_preds.items(), config.rec_models, strict=True)
+        }
     return metrics
 
 
-def _run_detection_models(config: EvalConfig, records: list[Record]) -> list[list[Any]]:
+def _run_detection_models(
+    config: EvalConfig, records: list[Record]
+) -> tuple[list[list[Any]], dict[str, list[list[Any]]]]:
+    """Predictions per image, and with several recognizers each member's own predictions by name."""
     from ocrjobs.detection.predictor import DetectionPredictor
     from ocrjobs.images import read_image
     from ocrjobs.metrics import Prediction
 
     assert isinstance(config.model, str)  # the validator allows lists only for recognizers
     detector = DetectionPredictor.from_model_dir(config.model, device=config.device)
-    recognizer = None
-    if config.task == "e2e":
-        from ocrjobs.recognition.predictor import RecognitionPredictor
-
-        assert config.rec_model is not None
-        recognizer = RecognitionPredictor.from_model_dir(config.rec_model, device=config.device)
     out: list[list[Prediction]] = []
-    for record in records:
-        image = read_image(record.uri, config.storage)
-        if recognizer is None:
-            regions = detector([image])[0]
+    if config.task != "e2e":
+        for record in records:
+            regions = detector([read_image(record.uri, config.storage)])[0]
             out.append([Prediction(polygon=r.polygon, text="", score=float(r.score)) for r in regions])
-        else:
-            from ocrjobs.pipeline import ocr_images
+        return out, {}
+    from ocrjobs.pipeline import ocr_images
+    from ocrjobs.recognition.ensemble import run_ensemble
 
-            lines = ocr_images([image], detector, recognizer)[0]
-            out.append([Prediction(polygon=ln.polygon, text=ln.text, score=ln.det_score) for ln in lines])
-    return out
+    members = _load_members(config.rec_models, config.device, "recognition")
+    by_member: dict[str, list[list[Prediction]]] = {m.name: [] for m in members} if len(members) > 1 else {}
+
+    class _Reader:
+        """The recognizer ``ocr_images`` calls: the one member, or Serve's propose-and-score ensemble."""
+
+        def __call__(self, crops: list[np.ndarray]) -> list[Any]:
+            if len(members) == 1:
+                return members[0].predictor(crops)
+            self.results = run_ensemble(members, crops)
+            return self.results
+
+    reader = _Reader()
+    for record in records:
+        lines = ocr_images([read_image(record.uri, config.storage)], detector, reader)[0]  # type: ignore[arg-type]
+        out.append([Prediction(polygon=ln.polygon, text=ln.text, score=ln.det_score) for ln in lines])
+        if by_member:
+            # ocr_images keeps every non-empty crop in order, so line k is result k.
+            results = reader.results if lines else []
+            for m, name in enumerate(by_member):
+                by_member[name].append(
+                    [
+                        Prediction(polygon=ln.polygon, text=r.members[m].text, score=ln.det_score)
+                        for ln, r in zip(lines, results, strict=True)
+                    ]
+                )
+    return out, by_member
 
 
 # ---------------------------------------------------------------- recognition and latex
@@ -331,7 +374,7 @@ def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
         saved = _read_jsonl(config.predictions, config.storage, key="id")
         preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
         return {**scorer(preds, refs), **_speed(time.perf_counter() - start, len(samples))}
-    members = [_TimedMember(m) for m in _load_members(config)]
+    members = [_TimedMember(m) for m in _load_members(config.models, config.device, config.task)]
     start = time.perf_counter()
     crops = _text_crops(config, samples)
     read_seconds = time.perf_counter() - start
@@ -378,20 +421,19 @@ class _TimedMember:
             self.score_seconds += time.perf_counter() - start
 
 
-def _load_members(config: EvalConfig) -> list[Member]:
-    """The recognizers of ``config.model``, named as Serve names members (their folders' names)."""
+def _load_members(paths: list[str], device: str, task: str) -> list[Member]:
+    """The recognizers in ``paths``, named as Serve names members (their folders' names)."""
     from ocrjobs.recognition.ensemble import Ensemble, Member, member_names
     from ocrjobs.recognition.predictor import RecognitionPredictor
 
     load: Callable[..., RecognitionPredictor] = RecognitionPredictor.from_model_dir
-    if config.task == "latex":
+    if task == "latex":
         # Refuses a folder that reads text lines rather than formulas.
         from ocrjobs.recognition.latex import latex_predictor_from_model_dir
 
         load = latex_predictor_from_model_dir
-    paths = config.models
     members = [
-        Member(load(path, device=config.device), name=name)
+        Member(load(path, device=device), name=name)
         for path, name in zip(paths, member_names(paths), strict=True)
     ]
     return Ensemble(members).members  # checks the names and warns about differing charsets

@@ -1,0 +1,40 @@
+"""`ocrjobs eval e2e` with several recognizers: the ensemble's lines, and each member's own reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ocrjobs.jobs.evaluate import EvalConfig, evaluate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_e2e_with_two_recognizers_reports_the_ensemble_and_each_member(shared_data: Path) -> None:
+    models = REPO / "models"
+    common = {"task": "e2e", "data": str(shared_data / "sroie" / "dev"), "format": "sroie", "limit": 2}
+    common["model"] = str(models / "dbnet_doc")
+    recs = [str(models / "crnn_doc"), str(models / "crnn_en")]
+
+    both = evaluate(EvalConfig(**common, rec_model=recs))
+    alone = [evaluate(EvalConfig(**common, rec_model=rec)) for rec in recs]
+
+    assert set(both["members"]) == {"crnn_doc", "crnn_en"}
+    keys = [k for k in alone[0] if "e2e" in k]
+    assert "cleval_e2e_hmean" in keys and "cleval_e2e_hmean_ci" in keys
+    for name, single in zip(("crnn_doc", "crnn_en"), alone, strict=True):
+        member = both["members"][name]
+        # A member inside the ensemble reads exactly what it reads alone (same detector, same crops).
+        assert {k: member[k] for k in keys} == {k: single[k] for k in keys}, name
+    # The ensemble picks among the members' candidates: not far below the weaker member on these lines.
+    assert both["cleval_e2e_hmean"] >= min(s["cleval_e2e_hmean"] for s in alone) - 0.02
+    # Detection is shared: the same boxes whichever recognizer reads them.
+    assert both["cleval_hmean"] == alone[0]["cleval_hmean"] == alone[1]["cleval_hmean"]
+    assert both["rec_model"] == recs
+
+
+def test_e2e_refuses_several_detectors() -> None:
+    with pytest.raises(ValueError, match="several only for recognition and latex"):
+        EvalConfig(task="e2e", data="d", format="sroie", model=["a", "b"], rec_model="r")
