@@ -33,6 +33,7 @@ from ocrjobs.config import _reject_credentials as reject_credentials
 
 __all__ = [
     "APP_IMPORT_PATH",
+    "REPLICA_ENV_VARS",
     "AppEntry",
     "AuthConfig",
     "AutoscalingConfig",
@@ -50,6 +51,16 @@ __all__ = [
 ]
 
 APP_IMPORT_PATH = "ocrjobs.serve.app:build_app"
+
+REPLICA_ENV_VARS: dict[str, str] = {
+    # glibc gives threads that allocate at the same time malloc arenas of their own (up to 8 per core)
+    # and keeps what each has freed. Replicas decode images and run models on asyncio.to_thread's pool:
+    # over 1,000 SROIE receipts at concurrency 16 the ingress (OcrApi) swung between 579 and 749 MB
+    # without the cap and between 515 and 576 MB with it (docs/benchmarks.md, "Serve soak"). The
+    # Recognizer's growth was oneDNN's primitive cache, bounded in ocrjobs/__init__.py.
+    "MALLOC_ARENA_MAX": "2",
+}
+"""Environment every replica process gets (a deployment's ``env_vars`` may override each)."""
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -99,9 +110,10 @@ class _DeploymentSettings(StrictModel):
         num_cpus: CPUs reserved per replica (fractions allowed); also sets the replica's thread pools
             (Ray gives a replica ``OMP_NUM_THREADS`` = its whole CPUs, at least 1).
         num_gpus: GPUs per replica (fractions share one GPU); models run on ``cuda`` when > 0.
-        env_vars: environment variables of the replica processes (a Ray runtime_env). They are
-            visible in Serve's status output: never put secrets here; give the replicas' hosts the
-            token environment variable instead (see ``auth``).
+        env_vars: environment variables of the replica processes (a Ray runtime_env), added to
+            :data:`REPLICA_ENV_VARS` (a name given here wins). They are visible in Serve's status
+            output: never put secrets here; give the replicas' hosts the token environment variable
+            instead (see ``auth``).
     """
 
     num_replicas: int | None = Field(default=1, ge=0)
@@ -121,9 +133,11 @@ class _DeploymentSettings(StrictModel):
 
     def deployment_options(self) -> dict[str, Any]:
         """Keyword arguments for ``Deployment.options(...)``."""
-        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
-        if self.env_vars:
-            actor["runtime_env"] = {"env_vars": dict(self.env_vars)}
+        actor: dict[str, Any] = {
+            "num_cpus": self.num_cpus,
+            "num_gpus": self.num_gpus,
+            "runtime_env": {"env_vars": {**REPLICA_ENV_VARS, **self.env_vars}},
+        }
         options: dict[str, Any] = {
             "max_ongoing_requests": self.max_ongoing_requests,
             "ray_actor_options": actor,

@@ -10,7 +10,13 @@ import yaml
 
 from ocrjobs import cli
 from ocrjobs.config import ConfigError
-from ocrjobs.serve.config import APP_IMPORT_PATH, LimitsConfig, ServeConfig, read_serve_file
+from ocrjobs.serve.config import (
+    APP_IMPORT_PATH,
+    REPLICA_ENV_VARS,
+    LimitsConfig,
+    ServeConfig,
+    read_serve_file,
+)
 from tests.conftest import REPO_ROOT
 
 SERVE_YAML = REPO_ROOT / "configs" / "serve.yaml"
@@ -53,6 +59,7 @@ def test_defaults_and_deployment_options() -> None:
     assert options["ray_actor_options"] == {
         "num_cpus": config.detector.num_cpus,
         "num_gpus": 0.0,
+        "runtime_env": {"env_vars": {"MALLOC_ARENA_MAX": "2"}},
     }
     scaled = ServeConfig.from_args(
         {
@@ -69,9 +76,23 @@ def test_defaults_and_deployment_options() -> None:
     assert options["autoscaling_config"]["max_replicas"] == 3
     assert options["autoscaling_config"]["target_ongoing_requests"] == 4
     assert options["ray_actor_options"]["runtime_env"] == {
-        "env_vars": {"OMP_NUM_THREADS": "2"}
+        "env_vars": {"MALLOC_ARENA_MAX": "2", "OMP_NUM_THREADS": "2"}
     }
     assert scaled.device == "cuda"
+
+
+def test_every_replica_gets_two_malloc_arenas_unless_its_env_vars_say_otherwise() -> None:
+    # Without the cap each thread that allocates may get an arena of its own, and replicas grew
+    # (docs/benchmarks.md, "Serve soak").
+    config = ServeConfig.from_args({"members": [{"model": "m1"}], "formulas": [{"model": "f1"}]})
+    sections = [config.detector, config.ingress, *config.members, *config.formulas]
+    for section in sections:
+        env = section.deployment_options()["ray_actor_options"]["runtime_env"]["env_vars"]
+        assert env == REPLICA_ENV_VARS == {"MALLOC_ARENA_MAX": "2"}
+    custom = ServeConfig.from_args({"ingress": {"env_vars": {"MALLOC_ARENA_MAX": "4"}}}).ingress
+    assert custom.deployment_options()["ray_actor_options"]["runtime_env"] == {
+        "env_vars": {"MALLOC_ARENA_MAX": "4"}
+    }
 
 
 @pytest.mark.parametrize(
