@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The local mirror's index warns about every package it does not hold; hide only those lines.
 	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[dev]' 2>&1 | { grep -v "^WARNING: Location" || true; }
-	$(BIN)/python -c "import torch, torchvision, timm, ray, cv2, pyclipper, shapely, pypdfium2; print('ocrjobs environment ok: torch', torch.__version__, 'ray', ray.__version__)"
+	$(BIN)/python -c "import torch, torchvision, timm, ray, cv2, pyclipper, shapely, pypdfium2, onnxruntime; print('ocrjobs environment ok: torch', torch.__version__, 'ray', ray.__version__)"
 	touch $@
 
 demo: setup

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ocrjobs import storage
+from ocrjobs.backends import ONNX_FILE, export_onnx, make_forward
 from ocrjobs.config import ConfigError
 from ocrjobs.detection.dbnet import DBNet, build_detector
 from ocrjobs.detection.postprocess import DBPostProcessor
@@ -32,6 +33,17 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _PREPROCESS_KEYS = frozenset({"limit_side", "mean", "std"})
 _POSTPROCESS_KEYS = frozenset(f.name for f in fields(DBPostProcessor))
+
+
+class _ProbMap(nn.Module):
+    """The detector as one tensor in, one out (the probability map): the form ONNX export takes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)["prob"]
 
 
 @dataclass
@@ -65,6 +77,9 @@ class DetectionPredictor:
         amp: run the model under autocast (float16 on CUDA, bfloat16 on CPU).
         name: model name reported with results (the model folder's name).
         version: model version reported with results.
+        backend: ``torch``, ``onnxruntime`` or ``auto`` (ONNX Runtime on CPU); see :mod:`ocrjobs.backends`.
+        onnx_path: a ``model.onnx`` exported from these weights (else one is exported to the local cache).
+        onnx_providers: ONNX Runtime execution providers, in order of preference.
 
     >>> from ocrjobs.detection.dbnet import dbnet_mobilenetv3
     >>> predictor = DetectionPredictor(dbnet_mobilenetv3(neck_channels=32), limit_side=64)
@@ -86,6 +101,9 @@ class DetectionPredictor:
         amp: bool = False,
         name: str = "",
         version: str = "",
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        onnx_providers: Sequence[str] | None = None,
     ) -> None:
         if limit_side < 32 or batch_size < 1:
             raise ValueError(f"limit_side must be >= 32 and batch_size >= 1, got {limit_side}, {batch_size}")
@@ -103,6 +121,17 @@ class DetectionPredictor:
         self.version = version
         self._mean = torch.tensor(self.mean, device=self.device).view(3, 1, 1)
         self._std = torch.tensor(self.std, device=self.device).view(3, 1, 1)
+        self.backend, self._onnx = make_forward(
+            _ProbMap(self.model),
+            torch.zeros(1, 3, 64, 64),
+            (0, 2, 3),
+            backend=backend,
+            device=self.device,
+            amp=amp,
+            onnx_path=onnx_path,
+            providers=onnx_providers,
+            name=name,
+        )
 
     def _forward(self, resized: list[np.ndarray]) -> np.ndarray:
         """A padded batch through the model -> probability maps ``[b, H, W]`` (float32, padded size)."""
@@ -119,7 +148,7 @@ class DetectionPredictor:
             batch[i, :, :, image.shape[1] :] = 0.0
         amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp_dtype, enabled=self.amp):
-            prob = self.model(batch)["prob"]
+            prob = self._onnx(batch) if self._onnx is not None else self.model(batch)["prob"]
         return prob[:, 0].float().cpu().numpy()
 
     def __call__(self, images: list[np.ndarray]) -> list[list[DetectedRegion]]:
@@ -187,7 +216,15 @@ class DetectionPredictor:
         }
         kwargs.setdefault("name", spec.name)
         kwargs.setdefault("version", spec.version)
+        # Model folders run on ONNX Runtime on CPU unless told otherwise (see ocrjobs.backends).
+        kwargs.setdefault("backend", "auto")
+        if not storage.is_s3(str(path)):
+            kwargs.setdefault("onnx_path", Path(path) / ONNX_FILE)
         return cls(model, postprocessor=DBPostProcessor(**post), device=device, **kwargs)
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write the detector as an ONNX graph (dynamic batch, height and width) to ``path``."""
+        return export_onnx(_ProbMap(self.model), torch.zeros(1, 3, 64, 64), path, (0, 2, 3))
 
     def to_model_spec(self, name: str, version: str) -> ModelSpec:
         """The ``config.yaml`` content that rebuilds this predictor.

@@ -252,6 +252,9 @@ class BulkConfig(StrictModel):
             out by their name's suffix, counted in ``_summary.json`` and named in the log.
         device: ``auto`` (GPU stages when the pools have GPUs), ``cpu`` or ``cuda``.
         amp: mixed precision for the model stages on GPUs.
+        backend: how the model stages run their networks: ``auto`` (ONNX Runtime for the detector and
+            CTC recognizers on CPU, PyTorch on GPUs and for attention models), ``torch`` or
+            ``onnxruntime`` (:mod:`ocrjobs.backends`).
         decode: the read + decode stage.
         detection: the detection actor pool.
         recognition: the recognition actor pool.
@@ -275,6 +278,7 @@ class BulkConfig(StrictModel):
     read_all_files: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     detection: PoolConfig = Field(default_factory=PoolConfig)
     recognition: PoolConfig = Field(default_factory=PoolConfig)
@@ -291,6 +295,14 @@ class BulkConfig(StrictModel):
             default = list(FORMULA_ENSEMBLE) if data.get("task") == "latex" else _LINE_RECOGNIZER
             data = {**data, "recognizer": default}
         return data
+
+    @model_validator(mode="after")
+    def _backend_fits_task(self) -> BulkConfig:
+        if self.backend == "onnxruntime" and self.task == "latex":
+            raise ValueError(
+                "backend onnxruntime runs detectors and CTC recognizers; formula models need torch or auto"
+            )
+        return self
 
     @field_validator("recognizer")
     @classmethod
@@ -905,6 +917,7 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
                 "device": device,
                 "amp": config.amp and device == "cuda",
                 "model_batch_size": pool.model_batch_size,
+                "backend": config.backend,
             },
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             num_cpus=pool.num_cpus,

@@ -438,14 +438,20 @@ class DetectStage:
         device: ``"cpu"`` or ``"cuda"``.
         amp: autocast on the GPU.
         model_batch_size: images per forward pass; ``None`` keeps the predictor's default.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`ocrjobs.backends`).
     """
 
     def __init__(
-        self, model_dir: str, device: str = "cpu", amp: bool = False, model_batch_size: int | None = None
+        self,
+        model_dir: str,
+        device: str = "cpu",
+        amp: bool = False,
+        model_batch_size: int | None = None,
+        backend: str = "auto",
     ) -> None:
         from ocrjobs.detection.predictor import DetectionPredictor
 
-        overrides: dict[str, Any] = {"amp": amp}
+        overrides: dict[str, Any] = {"amp": amp, "backend": backend}
         if model_batch_size is not None:
             overrides["batch_size"] = model_batch_size
         self.predictor: DetectionPredictor = DetectionPredictor.from_model_dir(
@@ -535,6 +541,7 @@ class RecognizeStage:
         device: ``"cpu"`` or ``"cuda"``.
         amp: autocast on the GPU.
         model_batch_size: crops per forward pass (of each member); ``None`` keeps the predictors' default.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`ocrjobs.backends`).
     """
 
     def __init__(
@@ -543,11 +550,12 @@ class RecognizeStage:
         device: str = "cpu",
         amp: bool = False,
         model_batch_size: int | None = None,
+        backend: str = "auto",
     ) -> None:
         from ocrjobs.recognition.ensemble import Ensemble
         from ocrjobs.recognition.predictor import RecognitionPredictor
 
-        overrides: dict[str, Any] = {"amp": amp}
+        overrides: dict[str, Any] = {"amp": amp, "backend": backend}
         if model_batch_size is not None:
             overrides["batch_size"] = model_batch_size
         dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)

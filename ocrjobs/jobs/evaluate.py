@@ -80,6 +80,7 @@ class EvalConfig(StrictModel):
             training source with the same ``holdout_every`` leaves out (e.g. 8 for FUNSD forms).
         json_out: where to write the metrics JSON (its resolved config is written beside it).
         device: ``cpu`` or ``cuda``.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` for the models (:mod:`ocrjobs.backends`).
         storage: S3 endpoint settings for ``s3://`` URIs.
     """
 
@@ -94,6 +95,7 @@ class EvalConfig(StrictModel):
     holdout_every: int | None = Field(default=None, ge=2)
     json_out: str | None = None
     device: str = "cpu"
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @field_validator("model", "rec_model")
@@ -165,6 +167,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", dest="json_out", help="write the metrics JSON here")
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        help="run the models with PyTorch or ONNX Runtime (auto: ONNX Runtime on CPU where it can)",
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"
     )
 
@@ -184,6 +191,7 @@ def run(args: argparse.Namespace) -> int:
         "holdout_every",
         "json_out",
         "device",
+        "backend",
     ):
         value = getattr(args, field, None)
         if isinstance(value, list) and len(value) == 1:
@@ -292,7 +300,7 @@ def _run_detection_models(
     from ocrjobs.metrics import Prediction
 
     assert isinstance(config.model, str)  # the validator allows lists only for recognizers
-    detector = DetectionPredictor.from_model_dir(config.model, device=config.device)
+    detector = DetectionPredictor.from_model_dir(config.model, device=config.device, backend=config.backend)
     out: list[list[Prediction]] = []
     if config.task != "e2e":
         for record in records:
@@ -302,7 +310,7 @@ def _run_detection_models(
     from ocrjobs.pipeline import ocr_images
     from ocrjobs.recognition.ensemble import run_ensemble
 
-    members = _load_members(config.rec_models, config.device, "recognition")
+    members = _load_members(config.rec_models, config.device, "recognition", config.backend)
     by_member: dict[str, list[list[Prediction]]] = {m.name: [] for m in members} if len(members) > 1 else {}
 
     class _Reader:
@@ -374,7 +382,9 @@ def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
         saved = _read_jsonl(config.predictions, config.storage, key="id")
         preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
         return {**scorer(preds, refs), **_speed(time.perf_counter() - start, len(samples))}
-    members = [_TimedMember(m) for m in _load_members(config.models, config.device, config.task)]
+    members = [
+        _TimedMember(m) for m in _load_members(config.models, config.device, config.task, config.backend)
+    ]
     start = time.perf_counter()
     crops = _text_crops(config, samples)
     read_seconds = time.perf_counter() - start
@@ -421,7 +431,7 @@ class _TimedMember:
             self.score_seconds += time.perf_counter() - start
 
 
-def _load_members(paths: list[str], device: str, task: str) -> list[Member]:
+def _load_members(paths: list[str], device: str, task: str, backend: str = "auto") -> list[Member]:
     """The recognizers in ``paths``, named as Serve names members (their folders' names)."""
     from ocrjobs.recognition.ensemble import Ensemble, Member, member_names
     from ocrjobs.recognition.predictor import RecognitionPredictor
@@ -433,7 +443,7 @@ def _load_members(paths: list[str], device: str, task: str) -> list[Member]:
 
         load = latex_predictor_from_model_dir
     members = [
-        Member(load(path, device=device), name=name)
+        Member(load(path, device=device, backend=backend), name=name)
         for path, name in zip(paths, member_names(paths), strict=True)
     ]
     return Ensemble(members).members  # checks the names and warns about differing charsets

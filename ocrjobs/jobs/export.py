@@ -3,12 +3,16 @@
 ``--checkpoint`` takes a checkpoint folder (``<storage_path>/<run>/epoch_0007``) or a whole run folder,
 whose best checkpoint by the run's ``checkpoint.metric`` is exported. The EMA weights are exported when
 the run kept them. The folder loads with the task's predictor (``from_model_dir``) like any other model.
-ONNX export is not offered: no ONNX runtime is available to check an exported graph against PyTorch.
+``--onnx`` also writes ``model.onnx`` (detectors and CTC recognizers), checked against PyTorch; with
+``--model`` it adds one to an existing folder. Predictors on ONNX Runtime use a folder's ``model.onnx``
+while it matches the weights, and otherwise export one to a local cache on first use
+(:mod:`ocrjobs.backends`), so the file only saves that first export.
 
 Examples::
 
     ocrjobs export --checkpoint runs/crnn_sroie --out models/crnn_sroie
     ocrjobs export --checkpoint s3://bucket/ocr-runs/dbnet_sroie/epoch_0012 --out models/dbnet_sroie
+    ocrjobs export --model models/crnn_doc --onnx
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ __all__ = ["add_arguments", "main", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ocrjobs export``."""
+    parser.add_argument("--checkpoint", help="checkpoint folder, or a run folder (its best checkpoint)")
+    parser.add_argument("--out", help="model folder to write, e.g. models/crnn_sroie (with --checkpoint)")
+    parser.add_argument("--model", help="an existing local model folder to add model.onnx to (with --onnx)")
     parser.add_argument(
-        "--checkpoint", required=True, help="checkpoint folder, or a run folder (its best checkpoint)"
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (detectors, CTC recognizers), checked against PyTorch",
     )
-    parser.add_argument("--out", required=True, help="model folder to write, e.g. models/crnn_sroie")
     parser.add_argument(
         "--set",
         action="append",
@@ -41,15 +49,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``ocrjobs export``; returns the exit code (1 when no checkpoint is found)."""
     from ocrjobs.config import parse_overrides
-    from ocrjobs.training.export import export_checkpoint
+    from ocrjobs.training.export import export_checkpoint, export_folder_onnx
 
+    if (args.checkpoint is None) == (args.model is None):
+        raise ConfigError("give --checkpoint (with --out) or --model (with --onnx)")
+    if args.model is not None and not args.onnx:
+        raise ConfigError("--model adds model.onnx to a folder: give --onnx too")
+    if args.checkpoint is not None and not args.out:
+        raise ConfigError("--checkpoint needs --out (the model folder to write)")
+    folder = args.model
     try:
-        result = export_checkpoint(args.checkpoint, args.out, overrides=parse_overrides(args.set))
+        if args.checkpoint is not None:
+            result = export_checkpoint(args.checkpoint, args.out, overrides=parse_overrides(args.set))
+            metrics = (
+                ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.spec.metrics.items())) or "no metrics"
+            )
+            print(
+                f"exported {result.checkpoint.uri} (epoch {result.checkpoint.epoch}; {metrics}) -> {result.out}"
+            )
+            folder = args.out
+        if args.onnx:
+            onnx = export_folder_onnx(folder)
+            print(
+                f"wrote {onnx.path}: max |onnx - torch| {onnx.max_abs_diff:.2e}; one check forward "
+                f"{onnx.seconds_torch:.3f} s torch, {onnx.seconds_onnx:.3f} s onnxruntime"
+            )
     except FileNotFoundError as exc:
         print(f"export: {exc}", file=sys.stderr)
         return 1
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.spec.metrics.items())) or "no metrics"
-    print(f"exported {result.checkpoint.uri} (epoch {result.checkpoint.epoch}; {metrics}) -> {result.out}")
     return 0
 
 

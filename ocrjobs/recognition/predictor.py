@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ocrjobs import storage
+from ocrjobs.backends import ONNX_FILE, export_onnx, make_forward
 from ocrjobs.config import ConfigError
 from ocrjobs.recognition.decode import (
     Hypothesis,
@@ -199,6 +200,10 @@ class RecognitionPredictor:
         length_bonus: beam-search bonus per character (offsets the language model's cost per character).
         beam_confident: CTC beam search: lines whose greedy text has at least this line score keep it and
             skip the search (``ctc_beam_search``'s ``confident``); ``None`` searches every line.
+        backend: ``torch``, ``onnxruntime`` (CTC models only) or ``auto`` (ONNX Runtime for CTC models on
+            CPU); see :mod:`ocrjobs.backends`.
+        onnx_path: a ``model.onnx`` exported from these weights (else one is exported to the local cache).
+        onnx_providers: ONNX Runtime execution providers, in order of preference.
 
     Raises:
         ValueError: tokenizer and model disagree, a setting is out of range, or ``lm`` is given to an
@@ -226,6 +231,9 @@ class RecognitionPredictor:
         lm_weight: float = 0.5,
         length_bonus: float = 0.0,
         beam_confident: float | None = None,
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        onnx_providers: Sequence[str] | None = None,
     ) -> None:
         if tokenizer.decoding != model.decoding or tokenizer.num_classes != model.num_classes:
             raise ValueError(
@@ -264,6 +272,36 @@ class RecognitionPredictor:
         if beam_confident is not None and not 0.0 < beam_confident <= 1.0:
             raise ValueError(f"beam_confident must be in (0, 1], got {beam_confident}")
         self.beam_confident = None if beam_confident is None else float(beam_confident)
+        self.backend, self._onnx = make_forward(
+            self.model,
+            self._example(),
+            (0, 3),
+            backend=backend,
+            device=self.device,
+            exportable=model.decoding == "ctc",
+            amp=self.amp,
+            onnx_path=onnx_path,
+            providers=onnx_providers,
+            name=self.name,
+        )
+
+    def _example(self) -> torch.Tensor:
+        """An input batch of the model's shape (for ONNX export): 2 crops, 64 px wide."""
+        return torch.zeros(2, 3, self.height, 64)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CTC model's ``[b, T, classes]`` outputs for a batch, on the configured backend."""
+        return self._onnx(batch) if self._onnx is not None else self.model(batch)
+
+    def export_onnx(self, path: str | Path) -> Path:
+        """Write a CTC recogniser as an ONNX graph (dynamic batch and width) to ``path``.
+
+        Raises:
+            ConfigError: the model is an attention model (its decoder loop stays in PyTorch).
+        """
+        if self.model.decoding != "ctc":
+            raise ConfigError(f"{self.name}: only CTC recognisers export to ONNX")
+        return export_onnx(self.model, self._example(), path, (0, 3))
 
     # ------------------------------------------------------------ inference
 
@@ -316,7 +354,7 @@ class RecognitionPredictor:
                     memory = self.model.encode(batch).index_select(0, rows)
                     values = attention_log_likelihood_from_logits(self.model.decode(memory, targets), targets)
                 else:
-                    logits = self.model(batch).index_select(0, rows)
+                    logits = self._logits(batch).index_select(0, rows)
                     values = ctc_log_likelihood(logits, targets, lengths)
             for (k, j), value in zip(pairs, values.tolist(), strict=True):
                 scores[indices[k]][j] = value
@@ -339,7 +377,7 @@ class RecognitionPredictor:
         out = []
         for indices, batch in self._batches(crops):
             with self._inference():
-                out.append((indices, self.model(batch).float().cpu()))
+                out.append((indices, self._logits(batch).float().cpu()))
         return out
 
     @contextlib.contextmanager
@@ -375,7 +413,7 @@ class RecognitionPredictor:
                         self.model, batch, self.tokenizer, self.beam_width, self.max_len
                     )
                 return attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
-            logits = self.model(batch)
+            logits = self._logits(batch)
             if self.decoder == "beam":
                 return ctc_beam_search(
                     logits,
@@ -436,6 +474,10 @@ class RecognitionPredictor:
             settings["lm"] = CharNgramLM.from_json(
                 storage.read_bytes(storage.join(str(path), settings["lm"]))
             )
+        # Model folders run on ONNX Runtime on CPU unless told otherwise (see ocrjobs.backends).
+        settings["backend"] = "auto"
+        if not storage.is_s3(str(path)):
+            settings["onnx_path"] = Path(path) / ONNX_FILE
         settings.update(overrides)
         return cls(model, make_tokenizer(model.decoding, charset), device=device, **settings)
 

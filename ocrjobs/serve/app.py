@@ -182,7 +182,7 @@ class Detector:
 
         config = DetectorConfig.model_validate(settings)
         self.threads = _torch_setup(config.torch_threads)
-        overrides: dict[str, Any] = {"amp": config.amp}
+        overrides: dict[str, Any] = {"amp": config.amp, "backend": config.backend}
         if config.model_batch_size is not None:
             overrides["batch_size"] = config.model_batch_size
         if config.limit_side is not None:

@@ -167,7 +167,10 @@ class _ModelSettings(_DeploymentSettings):
         model_batch_size: items per forward pass inside a model call (``null``: the model folder's
             setting / the predictor's default).
         amp: autocast (float16/bfloat16) on GPUs.
-        torch_threads: intra-op threads of the replica's torch (``null``: leave Ray's default).
+        backend: ``auto`` (ONNX Runtime for detectors and CTC recognizers on CPU), ``torch`` or
+            ``onnxruntime`` (:mod:`ocrjobs.backends`).
+        torch_threads: intra-op threads of the replica's torch and ONNX Runtime (``null``: leave Ray's
+            default).
     """
 
     model: str
@@ -175,6 +178,7 @@ class _ModelSettings(_DeploymentSettings):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     model_batch_size: int | None = Field(default=None, ge=1)
     amp: bool = False
+    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -235,7 +239,7 @@ class MemberConfig(_ModelSettings):
 
     def predictor_overrides(self) -> dict[str, Any]:
         """Predictor settings this config changes (``RecognitionPredictor.from_model_dir`` overrides)."""
-        overrides: dict[str, Any] = {"amp": self.amp}
+        overrides: dict[str, Any] = {"amp": self.amp, "backend": self.backend}
         for key in ("decoder", "beam_width"):
             if getattr(self, key) is not None:
                 overrides[key] = getattr(self, key)

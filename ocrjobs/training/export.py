@@ -5,8 +5,8 @@ one) are loaded strictly, and the task's predictor describes the folder's ``conf
 folder loads with ``DetectionPredictor.from_model_dir`` / ``RecognitionPredictor.from_model_dir``
 exactly as any other model. No Ray is needed.
 
-ONNX export is not offered: neither ``onnx`` nor ``onnxruntime`` is installable on the build machines,
-so an exported graph could not be checked against the PyTorch model.
+:func:`export_folder_onnx` adds ``model.onnx`` (detectors, CTC recognizers) to a folder, checked against
+the PyTorch model (``ocrjobs export --onnx``; :mod:`ocrjobs.backends` runs it).
 """
 
 from __future__ import annotations
@@ -193,3 +193,75 @@ def export_checkpoint(
         card += "\n## Inference settings changed at export\n\n" + "".join(f"- {c}\n" for c in changed)
     write_model_dir(out, spec, model.state_dict(), card)
     return ExportResult(out=out, checkpoint=info, spec=spec)
+
+
+@dataclass
+class OnnxExport:
+    """What :func:`export_folder_onnx` wrote.
+
+    Attributes:
+        path: the ``model.onnx`` file (local).
+        max_abs_diff: largest difference between PyTorch's and ONNX Runtime's outputs on the check input.
+        seconds_torch: one forward pass of the check input with PyTorch.
+        seconds_onnx: the same with ONNX Runtime.
+    """
+
+    path: str
+    max_abs_diff: float
+    seconds_torch: float
+    seconds_onnx: float
+
+
+def export_folder_onnx(folder: str) -> OnnxExport:
+    """Write ``model.onnx`` into a local model folder (detector or CTC recognizer) and check it.
+
+    The graph has dynamic batch and spatial axes and records the weights it came from, so predictors
+    use it only while ``model.safetensors`` is unchanged. It is checked against PyTorch on a fixed
+    random input of a realistic size (a 640 x 480 page, or 8 lines 256 px wide).
+
+    Raises:
+        ConfigError: the folder is remote, or holds an attention model (its decoder stays in PyTorch).
+        RuntimeError: the graph's outputs differ from PyTorch's by more than 1e-3.
+    """
+    import time
+
+    import torch
+
+    from ocrjobs.backends import ONNX_FILE, OnnxForward
+    from ocrjobs.registry import read_model_spec
+
+    if storage.is_s3(folder):
+        raise ConfigError(f"{folder}: export --onnx writes into a local model folder")
+    spec = read_model_spec(folder)
+    generator = torch.Generator().manual_seed(0)
+    if spec.task == "detection":
+        from ocrjobs.detection.predictor import DetectionPredictor, _ProbMap
+
+        det = DetectionPredictor.from_model_dir(folder, backend="torch")
+        module: torch.nn.Module = _ProbMap(det.model)
+        example = torch.randn(1, 3, 640, 480, generator=generator)
+        path = det.export_onnx(os.path.join(folder, ONNX_FILE))
+    else:
+        from ocrjobs.recognition.predictor import RecognitionPredictor
+
+        rec = RecognitionPredictor.from_model_dir(folder, backend="torch")
+        module = rec.model
+        example = torch.randn(8, 3, rec.height, 256, generator=generator)
+        path = rec.export_onnx(os.path.join(folder, ONNX_FILE))
+    with torch.inference_mode():
+        module(example)  # warm-up: the first call allocates
+        start = time.perf_counter()
+        expected = module(example)
+        seconds_torch = time.perf_counter() - start
+    runner = OnnxForward(path)
+    runner(example)
+    start = time.perf_counter()
+    got = runner(example)
+    seconds_onnx = time.perf_counter() - start
+    diff = float((expected - got).abs().max())
+    if diff > 1e-3:
+        os.unlink(path)
+        raise RuntimeError(
+            f"{folder}: the ONNX graph differs from PyTorch by {diff:.2e} (> 1e-3); not written"
+        )
+    return OnnxExport(str(path), diff, seconds_torch, seconds_onnx)
