@@ -16,6 +16,7 @@ case-sensitively (as a user reads) and case-insensitively (``ocrjobs.metrics.eva
     python benchmarks/bulk_throughput.py --data ../shared/data/sroie/dev --limit 50 \\
         --detector models/dbnet_doc --recognizer models/crnn_en
     python benchmarks/bulk_throughput.py --data ../shared/data/funsd/train --holdout-every 8 --limit 0
+    python benchmarks/bulk_throughput.py --limit 50 --recognizer models/crnn_doc --backends onnxruntime,torch
 
 The peers install with ``pip install -e '.[bench]' -c constraints.txt`` (Tesseract also needs the
 ``tesseract-ocr`` system package).
@@ -93,8 +94,13 @@ def _scored(
     )
 
 
-def run_ocrjobs(records: Sequence[Record], args: argparse.Namespace) -> EngineResult:
-    """The bulk job over the records' images, scored from its Parquet output."""
+def run_ocrjobs(records: Sequence[Record], args: argparse.Namespace) -> list[EngineResult]:
+    """The bulk job over the records' images, once per ``--backends`` entry."""
+    return [_run_ocrjobs(records, args, backend) for backend in args.backends.split(",")]
+
+
+def _run_ocrjobs(records: Sequence[Record], args: argparse.Namespace, backend: str) -> EngineResult:
+    """The bulk job with ``backend``, scored from its Parquet output; the note has per-stage seconds."""
     import pyarrow.parquet as pq
     import ray
 
@@ -114,6 +120,7 @@ def run_ocrjobs(records: Sequence[Record], args: argparse.Namespace) -> EngineRe
                 "output": os.path.join(tmp, "out"),
                 "detector": os.path.abspath(args.detector),
                 "recognizer": os.path.abspath(args.recognizer),
+                "backend": backend,
             }
             config = load_config(args.config, BulkConfig, overrides)
             start = time.perf_counter()
@@ -133,20 +140,28 @@ def run_ocrjobs(records: Sequence[Record], args: argparse.Namespace) -> EngineRe
         ]
         for r in records
     ]
-    note = f"Ray Data, {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; incl. actor start-up"
-    return _scored("ocrjobs bulk", records, preds, seconds, note)
+    # Actor-side seconds per image of each stage (summed over actors: with two actors of a stage busy at
+    # once, their seconds add up to more than the wall time).
+    per_image = ", ".join(
+        f"{stage} {total / max(len(records), 1):.3f}" for stage, total in summary["stage_seconds"].items()
+    )
+    note = (
+        f"Ray Data, {cluster.get('CPU', 0):g} CPUs, {cluster.get('GPU', 0):g} GPUs; incl. actor start-up; "
+        f"s/image per stage: {per_image}"
+    )
+    return _scored(f"ocrjobs bulk ({backend})", records, preds, seconds, note)
 
 
 def _quad(box: Any) -> np.ndarray:
     return np.asarray(box, np.float32).reshape(-1, 2)
 
 
-def run_rapidocr(records: Sequence[Record], args: argparse.Namespace) -> EngineResult:
+def run_rapidocr(records: Sequence[Record], args: argparse.Namespace) -> list[EngineResult]:
     """RapidOCR (PP-OCR models on ONNX Runtime), one image at a time."""
     try:
         from rapidocr_onnxruntime import RapidOCR
     except ImportError:
-        return EngineResult("RapidOCR", note="skipped: rapidocr_onnxruntime is not installed")
+        return [EngineResult("RapidOCR", note="skipped: rapidocr_onnxruntime is not installed")]
     engine = RapidOCR()
     preds = []
     start = time.perf_counter()
@@ -154,21 +169,21 @@ def run_rapidocr(records: Sequence[Record], args: argparse.Namespace) -> EngineR
         bgr = np.ascontiguousarray(read_image(record.uri)[..., ::-1])
         result, _ = engine(bgr)
         preds.append([Prediction(_quad(box), str(text), float(score)) for box, text, score in result or []])
-    return _scored(
-        "RapidOCR", records, preds, time.perf_counter() - start, "rapidocr_onnxruntime, in-process"
-    )
+    return [
+        _scored("RapidOCR", records, preds, time.perf_counter() - start, "rapidocr_onnxruntime, in-process")
+    ]
 
 
-def run_tesseract(records: Sequence[Record], args: argparse.Namespace) -> EngineResult:
+def run_tesseract(records: Sequence[Record], args: argparse.Namespace) -> list[EngineResult]:
     """Tesseract, lines assembled from its words (block, paragraph, line), one image at a time."""
     try:
         import pytesseract
 
         version = pytesseract.get_tesseract_version()
     except ImportError:
-        return EngineResult("Tesseract", note="skipped: pytesseract is not installed")
+        return [EngineResult("Tesseract", note="skipped: pytesseract is not installed")]
     except pytesseract.TesseractNotFoundError:
-        return EngineResult("Tesseract", note="skipped: the tesseract binary is not on PATH")
+        return [EngineResult("Tesseract", note="skipped: the tesseract binary is not on PATH")]
     preds = []
     start = time.perf_counter()
     for record in records:
@@ -191,12 +206,12 @@ def run_tesseract(records: Sequence[Record], args: argparse.Namespace) -> Engine
                 Prediction(quad, text, float(np.mean([float(data["conf"][i]) for i in words])) / 100)
             )
         preds.append(image_preds)
-    return _scored(
-        "Tesseract", records, preds, time.perf_counter() - start, f"tesseract {version}, in-process"
-    )
+    return [
+        _scored("Tesseract", records, preds, time.perf_counter() - start, f"tesseract {version}, in-process")
+    ]
 
 
-ENGINES: dict[str, Callable[[Sequence[Any], argparse.Namespace], EngineResult]] = {
+ENGINES: dict[str, Callable[[Sequence[Any], argparse.Namespace], list[EngineResult]]] = {
     "ocrjobs": run_ocrjobs,
     "rapidocr": run_rapidocr,
     "tesseract": run_tesseract,
@@ -248,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}"
     )
+    parser.add_argument(
+        "--backends",
+        default="auto",
+        help="comma-separated bulk backends to run ocrjobs with, one row each (auto, torch, onnxruntime)",
+    )
     return parser
 
 
@@ -268,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     records = sorted(records, key=lambda r: r.uri)[: args.limit or None]
     if not records:
         parser.error(f"no labelled pages found in {args.data}")
-    results = [ENGINES[name](records, args) for name in args.engines.split(",")]
+    results = [row for name in args.engines.split(",") for row in ENGINES[name](records, args)]
     print(f"pages from {args.data}{part}: {len(records)}\n")
     print(markdown_table(results))
     return 0
