@@ -54,6 +54,11 @@ _BLANK = 0
 # Beam search frames where blank is at least this probable only extend beams by blank (and the repeat
 # of a beam's last label): no label is tried. CTC outputs are mostly such frames.
 _BLANK_SKIP = math.log(0.999)
+# Labels less probable than this on a frame are not tried as extensions there. With shallow fusion a
+# language model would have to favour such a label by more than log(1000) / lm_weight (23 nats at the
+# shipped weight 0.3) over the acoustically likely ones for it to win, which a character n-gram never
+# does; the search then tries one or two labels on most frames instead of beam_width.
+_LABEL_MIN = math.log(0.001)
 _EOS = 0
 
 
@@ -184,18 +189,19 @@ def _prefix_beam_search(
 
     Each prefix keeps two log-probabilities: of its alignments ending in a blank and ending in its
     last label (needed because a repeated label only extends a prefix after a blank). Only the
-    ``beam_width`` most probable labels of a frame are tried as extensions, and none on frames where
-    blank has probability 0.999 or more. With ``fusion`` prefixes are ranked by that sum plus the
+    ``beam_width`` most probable labels of a frame with probability 0.001 or more are tried as
+    extensions, and none on frames where blank has probability 0.999 or more. With ``fusion`` prefixes are ranked by that sum plus the
     weighted language-model log-probability of their text and a bonus per character; the final choice
     adds the language model's end-of-line probability.
     """
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
     n_ext = min(beam_width, log_probs.shape[1] - 1)
     top_labels = np.argsort(-log_probs[:, 1:], axis=1)[:, :n_ext] + 1  # [T, n_ext]
+    top_kept = np.take_along_axis(log_probs, top_labels, axis=1) >= _LABEL_MIN
     rank: Callable[[tuple[int, ...], float], float] = (
         (lambda prefix, acoustic: acoustic) if fusion is None else fusion.rank
     )
-    for frame_array, labels in zip(log_probs, top_labels.tolist(), strict=True):
+    for frame_array, top, kept in zip(log_probs, top_labels, top_kept, strict=True):
         frame = frame_array.tolist()
         if frame[_BLANK] >= _BLANK_SKIP:
             beams = {
@@ -206,6 +212,7 @@ def _prefix_beam_search(
                 for prefix, (p_blank, p_label) in beams.items()
             }
             continue
+        labels = top[kept].tolist()
         nxt: defaultdict[tuple[int, ...], list[float]] = defaultdict(lambda: [-math.inf, -math.inf])
         for prefix, (p_blank, p_label) in beams.items():
             total = _logaddexp(p_blank, p_label)
@@ -265,11 +272,15 @@ def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
     dp = np.full(n, -np.inf)
     dp[:2] = emit[0, :2]
     back = np.zeros((n_frames, n), dtype=np.int64)
+    # choices[k, s]: the score of reaching state s from s - k (stay, step, jump over a blank); rows 1
+    # and 2 keep -inf where no such move exists. One buffer for all frames: this loop runs per line.
+    choices = np.full((3, n), -np.inf)
+    no_jump = ~skip[2:]
     for t in range(1, n_frames):
-        stay = dp
-        step = np.concatenate([[-np.inf], dp[:-1]])
-        jump = np.where(skip, np.concatenate([[-np.inf, -np.inf], dp[:-2]]), -np.inf)
-        choices = np.stack([stay, step, jump])  # [3, S]
+        choices[0] = dp
+        choices[1, 1:] = dp[:-1]
+        choices[2, 2:] = dp[:-2]
+        choices[2, 2:][no_jump] = -np.inf
         back[t] = choices.argmax(axis=0)
         dp = choices.max(axis=0) + emit[t]
     end = n - 1 if n == 1 or dp[n - 1] >= dp[n - 2] else n - 2
