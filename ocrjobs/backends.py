@@ -15,9 +15,21 @@ Where the ONNX graph comes from:
    ``~/.cache/ocrjobs``), keyed by the weights and architecture. A file lock makes the actors of one
    node export once and share it.
 
-``backend: auto`` (the default of every host) picks ONNX Runtime on CPU, where it is 2-3x faster than
-PyTorch's eager kernels for these small networks (docs/benchmarks.md, "Backends"), and PyTorch on GPUs
-(``amp`` and CUDA kernels) and for attention decoders, whose autoregressive loop stays in PyTorch.
+Quantised graphs: ``model.int8.onnx`` (``ocrjobs export --model M --int8 --calibration DATA``) is the
+same graph with int8 weights and activations (static QDQ quantisation, per-channel weights, activation
+ranges calibrated on training images). It cannot be made on the fly (it needs calibration data), so a
+folder ships one only where its accuracy held on dev data (docs/benchmarks.md, "Quantisation").
+
+``backend`` values:
+
+* ``auto`` (the default of every host): on CPU, ONNX Runtime with the folder's ``model.int8.onnx`` when it
+  ships one for the current weights, else the float graph; PyTorch on GPUs (``amp`` and CUDA kernels)
+  and for attention decoders, whose autoregressive loop stays in PyTorch;
+* ``onnxruntime``: the float graph; ``onnxruntime-int8``: the quantised one (an error without it);
+* ``torch``: the PyTorch module.
+
+ONNX Runtime is 2-3x faster than PyTorch's eager CPU kernels for these small networks, and int8 another
+1.4-2.3x (docs/benchmarks.md, "Backends").
 """
 
 from __future__ import annotations
@@ -29,7 +41,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,6 +53,7 @@ from ocrjobs.config import ConfigError
 
 __all__ = [
     "BACKENDS",
+    "INT8_FILE",
     "ONNX_FILE",
     "Backend",
     "OnnxForward",
@@ -49,15 +62,17 @@ __all__ = [
     "make_forward",
     "onnx_available",
     "onnx_weights_sha256",
+    "quantize_int8",
     "resolve_backend",
     "state_sha256",
 ]
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["auto", "torch", "onnxruntime"]
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+Backend = Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "onnxruntime-int8")
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 # Opset 17 has every operator these networks use (LayerNorm included) and every ONNX Runtime since 1.15
 # runs it.
 OPSET = 17
@@ -73,10 +88,12 @@ def onnx_available() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device, *, exportable: bool, amp: bool = False) -> str:
-    """The backend a predictor runs: ``torch`` or ``onnxruntime``.
+    """The backend a predictor runs: ``torch``, ``onnxruntime`` or ``onnxruntime-int8``, or ``auto``'s
+    ONNX Runtime choice (``onnxruntime``, which :func:`make_forward` upgrades to int8 where a folder ships
+    a quantised graph).
 
     Args:
-        backend: ``auto``, ``torch`` or ``onnxruntime``.
+        backend: one of :data:`BACKENDS`.
         device: the predictor's device.
         exportable: whether the network can run as one ONNX graph (detectors, CTC recognisers).
         amp: autocast requested (a PyTorch feature: ``auto`` keeps PyTorch then).
@@ -90,14 +107,14 @@ def resolve_backend(backend: str, device: torch.device, *, exportable: bool, amp
     if backend == "auto":
         cpu = device.type == "cpu"
         return "onnxruntime" if cpu and exportable and not amp and onnx_available() else "torch"
-    if backend == "onnxruntime":
+    if backend.startswith("onnxruntime"):
         if not exportable:
             raise ConfigError(
-                "backend 'onnxruntime' runs detectors and CTC recognisers; attention decoders (ASTER, SATRN, "
+                f"backend {backend!r} runs detectors and CTC recognisers; attention decoders (ASTER, SATRN, "
                 "formula models) run with backend 'torch'"
             )
         if not onnx_available():
-            raise ConfigError("backend 'onnxruntime' needs the onnxruntime package (pip install onnxruntime)")
+            raise ConfigError(f"backend {backend!r} needs the onnxruntime package (pip install onnxruntime)")
     return backend
 
 
@@ -231,6 +248,7 @@ def make_forward(
     exportable: bool = True,
     amp: bool = False,
     onnx_path: str | Path | None = None,
+    int8_path: str | Path | None = None,
     providers: Sequence[str] | None = None,
     name: str = "",
 ) -> tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]:
@@ -246,6 +264,8 @@ def make_forward(
         amp: autocast requested.
         onnx_path: a shipped ``model.onnx``; used only when its ``weights_sha256`` matches ``module``'s
             weights (a stale file is ignored with a warning and a fresh graph exported to the cache).
+        int8_path: a shipped ``model.int8.onnx``: run by ``onnxruntime-int8``, and by ``auto`` on CPU,
+            when its ``weights_sha256`` matches.
         providers: ONNX Runtime execution providers.
         name: the model's name, for log lines.
 
@@ -256,6 +276,18 @@ def make_forward(
     if resolved == "torch":
         return resolved, None
     sha = state_sha256(module)
+    if resolved == "onnxruntime-int8" or (backend == "auto" and int8_path is not None):
+        quantised = int8_path is not None and Path(int8_path).is_file()
+        if quantised and onnx_weights_sha256(int8_path) == sha:  # type: ignore[arg-type]
+            return "onnxruntime-int8", OnnxForward(int8_path, device, providers)  # type: ignore[arg-type]
+        if resolved == "onnxruntime-int8":
+            why = "was quantised from other weights" if quantised else "does not exist"
+            raise ConfigError(
+                f"backend 'onnxruntime-int8': {int8_path} {why}; make it with "
+                "`ocrjobs export --model FOLDER --int8 --calibration DATA` or use backend 'onnxruntime'"
+            )
+        if quantised:
+            log.warning("%s was quantised from other weights; running the float graph", int8_path)
     path: Path | None = None
     if onnx_path is not None and Path(onnx_path).is_file():
         if onnx_weights_sha256(onnx_path) == sha:
@@ -265,6 +297,59 @@ def make_forward(
     if path is None:
         path = cached_export(module, example, dynamic_axes, sha, name)
     return resolved, OnnxForward(path, device, providers)
+
+
+def quantize_int8(
+    fp32_path: str | Path, out_path: str | Path, batches: Iterable[np.ndarray], note: str = ""
+) -> Path:
+    """Quantise a float graph to int8 (static QDQ: per-channel int8 weights, uint8 activations).
+
+    Args:
+        fp32_path: the float graph (:func:`export_onnx`); its ``weights_sha256`` carries over.
+        out_path: the quantised graph to write.
+        batches: calibration inputs (float32, the network's input layout): activation ranges are the
+            min/max seen on them, so they should look like the data the model reads (training images).
+        note: a description of the calibration data, stored as ``calibration`` metadata.
+
+    Returns:
+        ``out_path``.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(batches)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {"input": np.ascontiguousarray(batch, np.float32)}
+
+    out_path = Path(out_path)
+    sha = onnx_weights_sha256(fp32_path)
+    with tempfile.TemporaryDirectory(prefix="ocrjobs-int8-") as tmp:
+        # Graph clean-up (constant folding, shapes) first, as ONNX Runtime's quantisation guide asks.
+        pre = os.path.join(tmp, "pre.onnx")
+        quant_pre_process(str(fp32_path), pre, skip_symbolic_shape=True)
+        quantised = os.path.join(tmp, "int8.onnx")
+        quantize_static(
+            pre,
+            quantised,
+            _Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
+        graph = onnx.load(quantised)
+        del graph.metadata_props[:]
+        for key, value in (("weights_sha256", sha), ("calibration", note)):
+            entry = graph.metadata_props.add()
+            entry.key, entry.value = key, value
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(out_path))
+    return out_path
 
 
 class OnnxForward:

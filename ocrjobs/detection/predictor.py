@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ocrjobs import storage
-from ocrjobs.backends import ONNX_FILE, export_onnx, make_forward
+from ocrjobs.backends import INT8_FILE, ONNX_FILE, export_onnx, make_forward
 from ocrjobs.config import ConfigError
 from ocrjobs.detection.dbnet import DBNet, build_detector
 from ocrjobs.detection.postprocess import DBPostProcessor
@@ -77,8 +77,10 @@ class DetectionPredictor:
         amp: run the model under autocast (float16 on CUDA, bfloat16 on CPU).
         name: model name reported with results (the model folder's name).
         version: model version reported with results.
-        backend: ``torch``, ``onnxruntime`` or ``auto`` (ONNX Runtime on CPU); see :mod:`ocrjobs.backends`.
+        backend: ``torch``, ``onnxruntime``, ``onnxruntime-int8`` or ``auto`` (ONNX Runtime on CPU); see
+            :mod:`ocrjobs.backends`.
         onnx_path: a ``model.onnx`` exported from these weights (else one is exported to the local cache).
+        onnx_int8_path: a ``model.int8.onnx`` quantised from these weights (``auto`` runs it on CPU).
         onnx_providers: ONNX Runtime execution providers, in order of preference.
 
     >>> from ocrjobs.detection.dbnet import dbnet_mobilenetv3
@@ -103,6 +105,7 @@ class DetectionPredictor:
         version: str = "",
         backend: str = "torch",
         onnx_path: str | Path | None = None,
+        onnx_int8_path: str | Path | None = None,
         onnx_providers: Sequence[str] | None = None,
     ) -> None:
         if limit_side < 32 or batch_size < 1:
@@ -129,6 +132,7 @@ class DetectionPredictor:
             device=self.device,
             amp=amp,
             onnx_path=onnx_path,
+            int8_path=onnx_int8_path,
             providers=onnx_providers,
             name=name,
         )
@@ -220,6 +224,7 @@ class DetectionPredictor:
         kwargs.setdefault("backend", "auto")
         if not storage.is_s3(str(path)):
             kwargs.setdefault("onnx_path", Path(path) / ONNX_FILE)
+            kwargs.setdefault("onnx_int8_path", Path(path) / INT8_FILE)
         return cls(model, postprocessor=DBPostProcessor(**post), device=device, **kwargs)
 
     def export_onnx(self, path: str | Path) -> Path:

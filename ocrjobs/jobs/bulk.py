@@ -253,8 +253,8 @@ class BulkConfig(StrictModel):
         device: ``auto`` (GPU stages when the pools have GPUs), ``cpu`` or ``cuda``.
         amp: mixed precision for the model stages on GPUs.
         backend: how the model stages run their networks: ``auto`` (ONNX Runtime for the detector and
-            CTC recognizers on CPU, PyTorch on GPUs and for attention models), ``torch`` or
-            ``onnxruntime`` (:mod:`ocrjobs.backends`).
+            CTC recognizers on CPU, int8 where a folder ships ``model.int8.onnx``; PyTorch on GPUs and for
+            attention models), ``torch``, ``onnxruntime`` or ``onnxruntime-int8`` (:mod:`ocrjobs.backends`).
         decode: the read + decode stage.
         detection: the detection actor pool.
         recognition: the recognition actor pool.
@@ -278,7 +278,7 @@ class BulkConfig(StrictModel):
     read_all_files: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     detection: PoolConfig = Field(default_factory=PoolConfig)
     recognition: PoolConfig = Field(default_factory=PoolConfig)
@@ -298,7 +298,7 @@ class BulkConfig(StrictModel):
 
     @model_validator(mode="after")
     def _backend_fits_task(self) -> BulkConfig:
-        if self.backend == "onnxruntime" and self.task == "latex":
+        if self.backend.startswith("onnxruntime") and self.task == "latex":
             raise ValueError(
                 "backend onnxruntime runs detectors and CTC recognizers; formula models need torch or auto"
             )

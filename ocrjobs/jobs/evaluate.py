@@ -95,7 +95,7 @@ class EvalConfig(StrictModel):
     holdout_every: int | None = Field(default=None, ge=2)
     json_out: str | None = None
     device: str = "cpu"
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
     storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @field_validator("model", "rec_model")
@@ -168,8 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument(
         "--backend",
-        choices=["auto", "torch", "onnxruntime"],
-        help="run the models with PyTorch or ONNX Runtime (auto: ONNX Runtime on CPU where it can)",
+        choices=["auto", "torch", "onnxruntime", "onnxruntime-int8"],
+        help="run the models with PyTorch or ONNX Runtime, float or int8 (auto: ONNX Runtime on CPU where "
+        "it can, int8 where the folder ships model.int8.onnx)",
     )
     parser.add_argument(
         "--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field"

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ocrjobs import storage
-from ocrjobs.backends import ONNX_FILE, export_onnx, make_forward
+from ocrjobs.backends import INT8_FILE, ONNX_FILE, export_onnx, make_forward
 from ocrjobs.config import ConfigError
 from ocrjobs.recognition.decode import (
     Hypothesis,
@@ -200,9 +200,10 @@ class RecognitionPredictor:
         length_bonus: beam-search bonus per character (offsets the language model's cost per character).
         beam_confident: CTC beam search: lines whose greedy text has at least this line score keep it and
             skip the search (``ctc_beam_search``'s ``confident``); ``None`` searches every line.
-        backend: ``torch``, ``onnxruntime`` (CTC models only) or ``auto`` (ONNX Runtime for CTC models on
-            CPU); see :mod:`ocrjobs.backends`.
+        backend: ``torch``, ``onnxruntime``/``onnxruntime-int8`` (CTC models only) or ``auto`` (ONNX
+            Runtime for CTC models on CPU); see :mod:`ocrjobs.backends`.
         onnx_path: a ``model.onnx`` exported from these weights (else one is exported to the local cache).
+        onnx_int8_path: a ``model.int8.onnx`` quantised from these weights (``auto`` runs it on CPU).
         onnx_providers: ONNX Runtime execution providers, in order of preference.
 
     Raises:
@@ -233,6 +234,7 @@ class RecognitionPredictor:
         beam_confident: float | None = None,
         backend: str = "torch",
         onnx_path: str | Path | None = None,
+        onnx_int8_path: str | Path | None = None,
         onnx_providers: Sequence[str] | None = None,
     ) -> None:
         if tokenizer.decoding != model.decoding or tokenizer.num_classes != model.num_classes:
@@ -281,6 +283,7 @@ class RecognitionPredictor:
             exportable=model.decoding == "ctc",
             amp=self.amp,
             onnx_path=onnx_path,
+            int8_path=onnx_int8_path,
             providers=onnx_providers,
             name=self.name,
         )
@@ -478,6 +481,7 @@ class RecognitionPredictor:
         settings["backend"] = "auto"
         if not storage.is_s3(str(path)):
             settings["onnx_path"] = Path(path) / ONNX_FILE
+            settings["onnx_int8_path"] = Path(path) / INT8_FILE
         settings.update(overrides)
         return cls(model, make_tokenizer(model.decoding, charset), device=device, **settings)
 

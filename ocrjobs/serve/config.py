@@ -178,7 +178,7 @@ class _ModelSettings(_DeploymentSettings):
     batch_wait_timeout_s: float = Field(default=0.01, ge=0)
     model_batch_size: int | None = Field(default=None, ge=1)
     amp: bool = False
-    backend: Literal["auto", "torch", "onnxruntime"] = "auto"
+    backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocrjobs import storage
 from ocrjobs.config import ConfigError, StorageConfig
@@ -28,6 +29,9 @@ from ocrjobs.training.checkpoint import (
     resolve_checkpoint,
 )
 from ocrjobs.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from ocrjobs.data.records import Record
 
 __all__ = ["ExportResult", "export_checkpoint", "load_checkpoint_model", "model_card"]
 
@@ -265,3 +269,91 @@ def export_folder_onnx(folder: str) -> OnnxExport:
             f"{folder}: the ONNX graph differs from PyTorch by {diff:.2e} (> 1e-3); not written"
         )
     return OnnxExport(str(path), diff, seconds_torch, seconds_onnx)
+
+
+@dataclass
+class Int8Export:
+    """What :func:`export_folder_int8` wrote.
+
+    Attributes:
+        path: the ``model.int8.onnx`` file.
+        calibration: the calibration data, as stored in the graph's metadata.
+        max_abs_diff: largest difference between the float and the int8 graph's outputs on the first
+            calibration batch (int8 rounding: expect a few hundredths to tenths of a logit).
+    """
+
+    path: str
+    calibration: str
+    max_abs_diff: float
+
+
+def calibration_records(
+    sources: Sequence[str], fmt: str, holdout_every: int | None, per_source: int
+) -> list[Record]:
+    """Up to ``per_source`` labelled pages of each source, spread evenly over it (sorted by name),
+    leaving out the held-out dev part (every ``holdout_every``-th page) when given."""
+    from ocrjobs.data.formats import load_records
+    from ocrjobs.training.config import DataSource
+
+    out: list[Record] = []
+    for uri in sources:
+        source = DataSource(uri=uri, format=fmt, holdout_every=holdout_every)
+        records = sorted(source.select(load_records(uri, fmt)), key=lambda r: r.uri)
+        step = max(1, len(records) // max(per_source, 1))
+        out += records[::step][:per_source]
+    if not out:
+        raise ConfigError(f"no calibration pages in {list(sources)}")
+    return out
+
+
+def export_folder_int8(folder: str, records: Sequence[Record]) -> Int8Export:
+    """Write ``model.int8.onnx`` into a local detector or CTC recognizer folder, calibrated on ``records``.
+
+    Detectors calibrate on the pages as the predictor feeds them (scaled to ``limit_side``, one per
+    batch); recognizers on the records' labelled line crops, in the predictor's batches. Use training
+    pages only, and measure the int8 graph on dev data before shipping it (``ocrjobs eval ... --backend
+    onnxruntime-int8`` against ``--backend onnxruntime``): ``backend: auto`` runs it wherever it ships.
+
+    Raises:
+        ConfigError: the folder is remote or holds an attention model.
+    """
+    import numpy as np
+    import torch
+
+    from ocrjobs.backends import INT8_FILE, OnnxForward, quantize_int8
+    from ocrjobs.geometry import crop_polygon
+    from ocrjobs.images import read_image, resize_keep_aspect
+    from ocrjobs.registry import read_model_spec
+
+    if storage.is_s3(folder):
+        raise ConfigError(f"{folder}: export --int8 writes into a local model folder")
+    spec = read_model_spec(folder)
+    batches: list[np.ndarray] = []
+    if spec.task == "detection":
+        from ocrjobs.detection.predictor import DetectionPredictor
+
+        det = DetectionPredictor.from_model_dir(folder, backend="onnxruntime")
+        fp32 = det._onnx
+        mean, std = np.asarray(det.mean, np.float32), np.asarray(det.std, np.float32)
+        for record in records:
+            image = resize_keep_aspect(read_image(record.uri), det.limit_side, 32)[0]
+            batches.append(((image.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)[None])
+        what = f"{len(batches)} pages"
+    else:
+        from ocrjobs.recognition.predictor import RecognitionPredictor
+
+        rec = RecognitionPredictor.from_model_dir(folder, backend="onnxruntime")
+        fp32 = rec._onnx
+        crops = []
+        for record in records:
+            image = read_image(record.uri)
+            crops += [crop_polygon(image, r.polygon()) for r in record.regions if r.text.strip()]
+        batches = [batch.numpy() for _, batch in rec._batches(crops)]
+        what = f"{len(crops)} line crops of {len(records)} pages"
+    assert isinstance(fp32, OnnxForward)
+    sources = sorted({_shown(os.path.dirname(r.uri)) for r in records})
+    note = f"{what} from {', '.join(sources)}"
+    path = quantize_int8(fp32.path, os.path.join(folder, INT8_FILE), batches, note)
+    check = torch.from_numpy(batches[0])
+    diff = float((OnnxForward(path)(check) - fp32(check)).abs().max())
+    return Int8Export(str(path), note, diff)

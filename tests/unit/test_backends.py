@@ -57,7 +57,7 @@ def test_auto_picks_onnxruntime_on_cpu_for_networks_it_can_run() -> None:
 
 def test_detector_probability_maps_and_polygons_match(receipts: list[np.ndarray], _own_cache: Path) -> None:
     torch_det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc", backend="torch")
-    onnx_det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc")
+    onnx_det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc", backend="onnxruntime")
     assert (torch_det.backend, onnx_det.backend) == ("torch", "onnxruntime")
     assert list(_own_cache.glob("onnx/*.onnx")), "the folder has no model.onnx: one is exported to the cache"
     # Inputs of several sizes (the predictor pads to multiples of 32): the graph's axes are dynamic.
@@ -76,17 +76,22 @@ def test_detector_probability_maps_and_polygons_match(receipts: list[np.ndarray]
             assert abs(r.score - s.score) < 1e-3
 
 
-def test_recognizer_reads_real_crops_identically(receipts: list[np.ndarray]) -> None:
+@pytest.fixture(scope="module")
+def receipt_crops(receipts: list[np.ndarray]) -> list[np.ndarray]:
     det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc", backend="torch")
-    crops = [
+    return [
         crop_polygon(image, r.polygon)
         for image, regions in zip(receipts, det(receipts), strict=True)
         for r in regions
     ]
+
+
+def test_recognizer_reads_real_crops_identically(receipt_crops: list[np.ndarray]) -> None:
+    crops = receipt_crops
     assert len(crops) > 100
     for folder in ("crnn_doc", "crnn_en"):
         torch_rec = RecognitionPredictor.from_model_dir(REPO / "models" / folder, backend="torch")
-        onnx_rec = RecognitionPredictor.from_model_dir(REPO / "models" / folder)
+        onnx_rec = RecognitionPredictor.from_model_dir(REPO / "models" / folder, backend="onnxruntime")
         assert onnx_rec.backend == "onnxruntime"
         expected, got = torch_rec(crops), onnx_rec(crops)
         assert [r.text for r in got] == [r.text for r in expected]
@@ -138,3 +143,51 @@ def test_export_onnx_needs_a_folder_and_the_flag(tmp_path: Path) -> None:
     shutil.copytree(REPO / "models" / "satrn_latex", satrn)
     assert cli_main(["export", "--model", str(satrn), "--onnx"]) == 2
     assert not (satrn / ONNX_FILE).exists()
+
+
+def test_shipped_int8_graphs_run_by_default_and_read_like_the_float_ones(
+    receipts: list[np.ndarray], receipt_crops: list[np.ndarray]
+) -> None:
+    """int8 is rounding, not a new model: nearly the same lines and texts (the dev accuracy table is in
+    docs/benchmarks.md, "Quantisation")."""
+    det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc")
+    assert det.backend == "onnxruntime-int8"
+    float_det = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc", backend="onnxruntime")
+    for a, b in zip(det(receipts), float_det(receipts), strict=True):
+        assert abs(len(a) - len(b)) <= max(2, 0.1 * len(b))  # a line split or joined here and there
+    rec = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_doc")
+    assert rec.backend == "onnxruntime-int8"
+    float_rec = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_doc", backend="onnxruntime")
+    from ocrjobs.metrics.text import text_metrics
+
+    int8_texts = [r.text for r in rec(receipt_crops)]
+    float_texts = [r.text for r in float_rec(receipt_crops)]
+    # Against the float graph's reading: a character here and there (a 9 of 10 lines identical).
+    agreement = text_metrics(int8_texts, float_texts)
+    assert agreement["cer"] < 0.02 and agreement["exact_match"] > 0.85, agreement
+
+
+def test_int8_graph_is_used_only_for_its_weights(tmp_path: Path, shared_data: Path) -> None:
+    from ocrjobs.data.formats import load_records
+    from ocrjobs.training.export import export_folder_int8
+
+    tokenizer = CTCTokenizer()
+    model = build_recognizer("crnn_small", tokenizer.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    folder = tmp_path / "tiny"
+    RecognitionPredictor(model, tokenizer, name="tiny").save_model_dir(folder)
+    assert RecognitionPredictor.from_model_dir(folder).backend == "onnxruntime"  # no int8 graph yet
+    with pytest.raises(ConfigError, match="does not exist"):
+        RecognitionPredictor.from_model_dir(folder, backend="onnxruntime-int8")
+    pages = sorted(load_records(str(shared_data / "sroie" / "train"), "sroie"), key=lambda r: r.uri)[:1]
+    result = export_folder_int8(str(folder), pages)
+    assert Path(result.path) == folder / "model.int8.onnx" and "line crops of 1 pages" in result.calibration
+    assert RecognitionPredictor.from_model_dir(folder).backend == "onnxruntime-int8"
+    assert RecognitionPredictor.from_model_dir(folder, backend="onnxruntime").backend == "onnxruntime"
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5)
+    RecognitionPredictor(model, tokenizer, name="tiny").save_model_dir(folder)
+    assert RecognitionPredictor.from_model_dir(folder).backend == "onnxruntime"  # stale: the float graph
+    with pytest.raises(ConfigError, match="other weights"):
+        RecognitionPredictor.from_model_dir(folder, backend="onnxruntime-int8")
