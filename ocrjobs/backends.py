@@ -222,10 +222,18 @@ def cached_export(
         },
         sort_keys=True,
     )
-    path = cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    name_on_disk = f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.onnx"
+    path = cache_dir() / name_on_disk
     if path.exists():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        # A read-only home (some containers): the temp folder still lets the graph be shared on the node.
+        path = Path(tempfile.gettempdir()) / "ocrjobs-cache" / "onnx" / name_on_disk
+        if path.exists():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
     with open(str(path) + ".lock", "w") as lock:
         # Several actors of one node load the same folder at once: one exports, the others wait for it.
         fcntl.flock(lock, fcntl.LOCK_EX)
