@@ -169,7 +169,9 @@ def test_exported_recognizer_matches_checkpoint_model(run: Run, bucket: str, tmp
     train_cfg, model, info = load_checkpoint_model(run.cfg.run_uri())
     assert info == run.outcome.best
     reference = TASKS["recognition"](train_cfg).build_predictor(model)
-    exported = RecognitionPredictor.from_model_dir(out)
+    # The torch backend: the claim is bit-equality with the checkpoint's model, which an
+    # ONNX Runtime graph (the CPU default) only meets to float rounding.
+    exported = RecognitionPredictor.from_model_dir(out, backend="torch")
     record = load_records(f"s3://{bucket}/data/dev", "sroie")[0]
     image = read_image(record.uri)
     crops = [crop_polygon(image, polygon) for polygon in record.polygons[:12]]
