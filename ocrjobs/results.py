@@ -764,7 +764,8 @@ def _add_word(pdf: Any, page: Any, font: Any, text: str, ink: str, quad: np.ndar
 
 def _add_text_layer(pdf: Any, pdf_page: Any, font: Any, page: Page, scale: float, height_pt: float) -> None:
     """Every word of ``page`` as invisible text on ``pdf_page`` (``scale`` points per pixel)."""
-    for line in page.ordered_lines():
+    lines = page.ordered_lines()
+    for n, line in enumerate(lines):
         words = [w for w in line.word_boxes() if w.text and len(w.polygon) >= 3]
         for k, word in enumerate(words):
             x0, y0, x1, y1 = word.bbox
@@ -775,7 +776,10 @@ def _add_text_layer(pdf: Any, pdf_page: Any, font: Any, page: Page, scale: float
             points = np.stack([quad[:, 0] * scale, height_pt - quad[:, 1] * scale], axis=1)[[3, 2, 1, 0]]
             if np.hypot(*(points[1] - points[0])) < 1e-3:
                 continue  # a degenerate box has no direction to write along
-            text = word.text + (" " if k + 1 < len(words) else "")
+            # A space after every word but the page's last: between words of a line, and between
+            # lines too, since PDFium's extraction runs the words of two overlapping lines together
+            # (a receipt's "GST" beside "Reg No" came out as "GSTReg").
+            text = word.text + (" " if k + 1 < len(words) or n + 1 < len(lines) else "")
             _add_word(pdf, pdf_page, font, text, word.text, points)
 
 

@@ -21,6 +21,9 @@ Output (``<output>/``)::
     parquet/part-000000-1f2e3d4c.parquet   one row per page (schema: bulk_udfs.OUTPUT_SCHEMA)
     jsonl/part-000000-1f2e3d4c.jsonl       the same results as JSON lines    (exports.jsonl)
     hocr/part-000000-1f2e3d4c.hocr         the same results as hOCR pages    (exports.hocr)
+    alto/part-000000-1f2e3d4c.xml          the same results as ALTO v4 XML   (exports.alto)
+    txt/part-000000-1f2e3d4c.txt           the pages' text, form-feed separated (exports.txt)
+    pdf/part-000000-1f2e3d4c.pdf           searchable PDF: page images + invisible text (exports.pdf)
     _config.yaml                           the resolved config of the last run (no credentials)
     _summary.json                          counts, errors by reason, pages/s, stage timings, models
 
@@ -62,7 +65,6 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import html
 import io
 import itertools
 import json
@@ -88,6 +90,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "EXPORT_FORMATS",
     "FORMATS",
     "FORMULA_ENSEMBLE",
     "BulkConfig",
@@ -103,6 +106,7 @@ __all__ = [
     "check_fits",
     "config_from_args",
     "default_formula_members",
+    "export_bytes",
     "hocr_text",
     "jsonl_text",
     "main",
@@ -131,10 +135,20 @@ FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex
 # The recognizer of ``task: ocr`` and ``recognize`` when none is given.
 _LINE_RECOGNIZER = "models/crnn_doc"
 
-# Output formats: each has its own folder under the output, named like its file extension. Parquet is
-# the completion marker of a shard.
-FORMATS: tuple[str, ...] = ("parquet", "jsonl", "hocr")
-_PART_RE = re.compile(r"^(part-\d{6}-[0-9a-f]{8})\.(parquet|jsonl|hocr)$")
+# Output formats and their file extensions: each has its own folder under the output, named like the
+# format. Parquet is the completion marker of a shard; the others are ExportsConfig's switches, all
+# written through the document model (ocrjobs.results).
+_EXTENSIONS: dict[str, str] = {
+    "parquet": "parquet",
+    "jsonl": "jsonl",
+    "hocr": "hocr",
+    "alto": "xml",
+    "txt": "txt",
+    "pdf": "pdf",
+}
+FORMATS: tuple[str, ...] = tuple(_EXTENSIONS)
+EXPORT_FORMATS: tuple[str, ...] = FORMATS[1:]
+_PART_RE = re.compile(r"^(part-\d{6}-[0-9a-f]{8})\.([a-z]+)$")
 _CONFIG_FILE = "_config.yaml"
 _SUMMARY_FILE = "_summary.json"
 _JOB_FILES = (_CONFIG_FILE, _SUMMARY_FILE)
@@ -218,11 +232,25 @@ class ExportsConfig(StrictModel):
     Attributes:
         jsonl: ``jsonl/part-*.jsonl``, one JSON object per image (readable by
             ``ocrjobs eval e2e --predictions``: it has the ``image`` and ``lines`` keys).
-        hocr: ``hocr/part-*.hocr``, one hOCR page per readable image (error rows are left out).
+        hocr: ``hocr/part-*.hocr``, one hOCR page per readable page, lines holding word spans
+            (``ocrx_word``) in reading order (error rows are left out).
+        alto: ``alto/part-*.xml``, ALTO v4 (``TextLine``/``String`` per word; error rows left out).
+        txt: ``txt/part-*.txt``, each page's lines in reading order, pages separated by a form feed
+            (an error row is an empty page, so page k of the text is row k of the shard).
+        pdf: ``pdf/part-*.pdf``, a searchable PDF of the shard's readable pages: each page image
+            (read again from the input on the driver, PDFs rendered at ``documents.dpi``) under an
+            invisible text layer of its words. The most expensive export: it reads every input twice.
     """
 
     jsonl: bool = False
     hocr: bool = False
+    alto: bool = False
+    txt: bool = False
+    pdf: bool = False
+
+    def wanted(self) -> list[str]:
+        """The formats switched on, in :data:`EXPORT_FORMATS` order."""
+        return [fmt for fmt in EXPORT_FORMATS if getattr(self, fmt)]
 
 
 class BulkConfig(StrictModel):
@@ -605,7 +633,7 @@ def scan_output(output: str, config: StorageConfig | None = None) -> dict[str, d
     for fmt in FORMATS:
         for uri in storage.list_files(storage.join(output, fmt), config, recursive=False):
             match = _PART_RE.match(storage.basename(uri))
-            if match and match.group(2) == fmt:
+            if match and match.group(2) == _EXTENSIONS[fmt]:
                 found.setdefault(match.group(1), {})[fmt] = uri
     return found
 
@@ -758,12 +786,8 @@ def output_table(rows: pa.Table, detector: str | None, recognizer: str) -> pa.Ta
     return pa.Table.from_pydict({name: columns[name] for name in OUTPUT_SCHEMA.names}, schema=OUTPUT_SCHEMA)
 
 
-def _points(flat: Sequence[float]) -> list[list[float]]:
-    return [[round(float(flat[i]), 2), round(float(flat[i + 1]), 2)] for i in range(0, len(flat) - 1, 2)]
-
-
 def jsonl_text(table: pa.Table) -> str:
-    """The rows of an output table as JSON lines.
+    """The rows of an output table as JSON lines (:func:`ocrjobs.results.to_jsonl`).
 
     Each object has the output columns, ``image`` (the file name, as ``ocrjobs eval --predictions``
     matches images) and ``lines`` with polygons as ``[[x, y], ...]``.
@@ -774,25 +798,13 @@ def jsonl_text(table: pa.Table) -> str:
     Returns:
         One JSON object per row, each on its own line.
     """
-    out = []
-    for row in table.to_pylist():
-        lines = row["lines"]
-        if lines is not None:
-            row["lines"] = [{**line, "polygon": _points(line["polygon"])} for line in lines]
-        out.append(json.dumps({"image": storage.basename(row["uri"]), **row}, ensure_ascii=False))
-    return "".join(line + "\n" for line in out)
+    from ocrjobs.results import pages_from_table, to_jsonl
 
-
-def _bbox(flat: Sequence[float]) -> str:
-    xs, ys = flat[0::2], flat[1::2]
-    return f"{math.floor(min(xs))} {math.floor(min(ys))} {math.ceil(max(xs))} {math.ceil(max(ys))}"
+    return to_jsonl(pages_from_table(table))
 
 
 def hocr_text(table: pa.Table, title: str) -> str:
-    """The readable rows of an output table as one hOCR document (one ``ocr_page`` per image).
-
-    Lines carry ``bbox``, ``poly`` (the detected polygon) and ``x_wconf`` (recognition score in
-    percent). Rows with ``error`` set have no page.
+    """The readable rows of an output table as one hOCR document (:func:`ocrjobs.results.to_hocr`).
 
     Args:
         table: rows of ``OUTPUT_SCHEMA``.
@@ -801,35 +813,103 @@ def hocr_text(table: pa.Table, title: str) -> str:
     Returns:
         XHTML text.
     """
-    rows = [r for r in table.to_pylist() if r["error"] is None]
-    system = ", ".join(sorted({m for r in rows for m in (r["detector"], r["recognizer"]) if m}))
-    parts = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        '<!DOCTYPE html PUBLIC "-//W3C//DTD XHTML 1.0 Transitional//EN" '
-        '"http://www.w3.org/TR/xhtml1/DTD/xhtml1-transitional.dtd">',
-        '<html xmlns="http://www.w3.org/1999/xhtml" xml:lang="en" lang="en">',
-        "<head>",
-        f"<title>{html.escape(title)}</title>",
-        '<meta http-equiv="Content-Type" content="text/html; charset=utf-8"/>',
-        f'<meta name="ocr-system" content="ocrjobs {html.escape(system)}"/>',
-        '<meta name="ocr-capabilities" content="ocr_page ocr_line"/>',
-        "</head>",
-        "<body>",
-    ]
-    for p, row in enumerate(rows, start=1):
-        image = row["uri"].replace("\\", "\\\\").replace('"', '\\"')
-        page_title = f'image "{image}"; bbox 0 0 {row["width"]} {row["height"]}; ppageno {p - 1}'
-        parts.append(f'<div class="ocr_page" id="page_{p}" title="{html.escape(page_title)}">')
-        for n, line in enumerate(row["lines"] or [], start=1):
-            poly = " ".join(str(round(v)) for v in line["polygon"])
-            conf = round(100 * (line["rec_score"] or 0.0))
-            props = f"bbox {_bbox(line['polygon'])}; poly {poly}; x_wconf {conf}"
-            parts.append(
-                f'<span class="ocr_line" id="line_{p}_{n}" title="{props}">{html.escape(line["text"] or "")}</span>'
+    from ocrjobs.results import pages_from_table, to_hocr
+
+    return to_hocr(pages_from_table(table), title)
+
+
+class _PageImages(Sequence[Any]):
+    """The page images of a shard's rows, read again from the inputs one page at a time (for the PDF).
+
+    A readable row whose input can no longer be read or opened (changed or deleted since the OCR
+    pass) gives ``None``; :func:`export_bytes` leaves such pages out of the PDF and logs them.
+    Consecutive rows of one file share one opened document.
+    """
+
+    def __init__(self, config: BulkConfig, pages: Sequence[Any]) -> None:
+        self._config = config
+        self._pages = pages
+        self._uri: str | None = None
+        self._document: Any = None
+        self.missing: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def __getitem__(self, index: Any) -> Any:  # Sequence's signature: int or slice
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        page = self._pages[index]
+        if not page.readable:
+            return None
+        from ocrjobs.documents import open_document
+
+        try:
+            if page.uri != self._uri:
+                self.close()
+                self._uri = page.uri
+                docs = self._config.documents
+                data = storage.read_bytes(page.uri, self._config.storage)
+                self._document = open_document(
+                    data, dpi=docs.dpi, max_pages=docs.max_pages, max_pixels=self._config.max_pixels
+                )
+            if self._document is None:
+                raise ValueError("the file could not be opened")
+            return self._document.page(page.page or 1)
+        except Exception as exc:  # the OCR rows are written whatever the PDF gets
+            self.missing.append(f"{page.uri} page {page.page or 1}: {exc}")
+            return None
+
+    def close(self) -> None:
+        if self._document is not None:
+            self._document.close()
+        self._uri, self._document = None, None
+
+
+def export_bytes(config: BulkConfig, fmt: str, table: pa.Table, title: str) -> bytes:
+    """One shard's rows in export format ``fmt`` (a name of :data:`EXPORT_FORMATS`).
+
+    Every format is an exporter of the document model (:mod:`ocrjobs.results`) fed by
+    :func:`ocrjobs.results.pages_from_table`.
+
+    Args:
+        config: the job (``pdf`` reads the inputs again with its storage and document settings).
+        fmt: ``jsonl``, ``hocr``, ``alto``, ``txt`` or ``pdf``.
+        table: the shard's rows (``OUTPUT_SCHEMA``).
+        title: the shard's name (hOCR's title).
+
+    Returns:
+        The file's bytes.
+    """
+    from ocrjobs import results
+
+    pages = results.pages_from_table(table)
+    if fmt == "jsonl":
+        return results.to_jsonl(pages).encode()
+    if fmt == "hocr":
+        return results.to_hocr(pages, title).encode()
+    if fmt == "alto":
+        return results.to_alto(pages).encode()
+    if fmt == "txt":
+        return results.to_text(pages).encode()
+    if fmt == "pdf":
+        images = _PageImages(config, pages)
+        try:
+            loaded = list(images)
+        finally:
+            images.close()
+        if images.missing:
+            log.warning(
+                "%s: %d pages left out of the searchable PDF, their inputs could not be read again (%s)",
+                title,
+                len(images.missing),
+                "; ".join(images.missing[:3]),
             )
-        parts.append("</div>")
-    parts += ["</body>", "</html>"]
-    return "\n".join(parts) + "\n"
+        kept = [(p, im) for p, im in zip(pages, loaded, strict=True) if not p.readable or im is not None]
+        return results.to_searchable_pdf(
+            [p for p, _ in kept], [im for _, im in kept], dpi=config.documents.dpi
+        )
+    raise ValueError(f"unknown export format {fmt!r}; valid: {', '.join(EXPORT_FORMATS)}")
 
 
 def parquet_bytes(table: pa.Table) -> bytes:
@@ -849,13 +929,9 @@ def write_shard(config: BulkConfig, shard: Shard, table: pa.Table) -> None:
         shard: the shard.
         table: its rows (``OUTPUT_SCHEMA``).
     """
-    if config.exports.jsonl:
-        storage.write_text(
-            storage.join(config.output, "jsonl", f"{shard.name}.jsonl"), jsonl_text(table), config.storage
-        )
-    if config.exports.hocr:
-        text = hocr_text(table, shard.name)
-        storage.write_text(storage.join(config.output, "hocr", f"{shard.name}.hocr"), text, config.storage)
+    for fmt in config.exports.wanted():
+        uri = storage.join(config.output, fmt, f"{shard.name}.{_EXTENSIONS[fmt]}")
+        storage.write_bytes(uri, export_bytes(config, fmt, table, shard.name), config.storage)
     uri = storage.join(config.output, "parquet", f"{shard.name}.parquet")
     storage.write_bytes(uri, parquet_bytes(table), config.storage)
 
@@ -1138,7 +1214,7 @@ def _backfill_exports(
     """Write the exports asked for now but missing beside shards finished by an earlier run."""
     import pyarrow.parquet as pq
 
-    wanted = [fmt for fmt, on in (("jsonl", config.exports.jsonl), ("hocr", config.exports.hocr)) if on]
+    wanted = config.exports.wanted()
     for shard in done:
         missing = [fmt for fmt in wanted if fmt not in found[shard.name]]
         if not missing:
@@ -1146,8 +1222,8 @@ def _backfill_exports(
         fs, path = storage.pyarrow_filesystem(found[shard.name]["parquet"], config.storage)
         table = pq.read_table(path, filesystem=fs)
         for fmt in missing:
-            text = jsonl_text(table) if fmt == "jsonl" else hocr_text(table, shard.name)
-            storage.write_text(storage.join(config.output, fmt, f"{shard.name}.{fmt}"), text, config.storage)
+            uri = storage.join(config.output, fmt, f"{shard.name}.{_EXTENSIONS[fmt]}")
+            storage.write_bytes(uri, export_bytes(config, fmt, table, shard.name), config.storage)
 
 
 def _stream(
@@ -1217,7 +1293,9 @@ def stale_temporaries(output: str, config: StorageConfig | None = None) -> list[
             if target is None:
                 continue
             match = _PART_RE.match(target)
-            if (match and match.group(2) == pattern) or (pattern is None and target in _JOB_FILES):
+            if (match and pattern is not None and match.group(2) == _EXTENSIONS[pattern]) or (
+                pattern is None and target in _JOB_FILES
+            ):
                 found.append(uri)
     return found
 
@@ -1388,6 +1466,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=int, help="input files per output shard")
     parser.add_argument("--max-shards", type=int, help="process at most N unfinished shards in this run")
     parser.add_argument(
+        "--formats",
+        help="comma-separated output formats, replacing the config's exports: parquet (always written), "
+        f"{', '.join(EXPORT_FORMATS)}; e.g. --formats parquet,jsonl,alto,pdf",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -1409,6 +1492,13 @@ def config_from_args(args: argparse.Namespace) -> BulkConfig:
             value = value[0]  # one --recognizer: the single-model form of the config
         if value is not None:
             overrides[name] = value
+    formats = getattr(args, "formats", None)
+    if formats is not None:
+        names = [name.strip().lower() for name in formats.split(",") if name.strip()]
+        unknown = sorted(set(names) - set(FORMATS))
+        if unknown:
+            raise ConfigError(f"--formats: unknown format {', '.join(unknown)}; valid: {', '.join(FORMATS)}")
+        overrides.update({f"exports.{fmt}": fmt in names for fmt in EXPORT_FORMATS})
     return load_config(args.config, BulkConfig, overrides)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import pypdfium2 as pdfium
 import pytest
 from PIL import Image, ImageDraw
 
@@ -153,7 +154,7 @@ def test_s3_input_gives_one_row_per_image_and_error_rows_for_bad_ones(
         detector=detector,
         recognizer=recognizer,
         shard_size=8,
-        exports=ExportsConfig(jsonl=True, hocr=True),
+        exports=ExportsConfig(jsonl=True, hocr=True, alto=True, txt=True, pdf=True),
     )
     summary = run_bulk(config)
 
@@ -168,12 +169,37 @@ def test_s3_input_gives_one_row_per_image_and_error_rows_for_bad_ones(
     assert summary["shards"] == {"total": 4, "written": 4, "skipped": 0, "pending": 0, "stale_removed": 0}
     assert summary["models"] == {"detector": DETECTOR_ID, "recognizer": RECOGNIZER_ID}
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"])
-    assert [k.rsplit(".", 1)[-1] for k in keys if "/part-" in k] == ["hocr"] * 4 + ["jsonl"] * 4 + [
-        "parquet"
-    ] * 4
+    parts = [k.split("/")[1] + "/" + k.rsplit(".", 1)[-1] for k in keys if "/part-" in k]
+    assert parts == [
+        f"{fmt}/{ext}"
+        for fmt, ext in [
+            ("alto", "xml"),
+            ("hocr", "hocr"),
+            ("jsonl", "jsonl"),
+            ("parquet", "parquet"),
+            ("pdf", "pdf"),
+            ("txt", "txt"),
+        ]
+        for _ in range(4)
+    ]
     assert {"out/_summary.json", "out/_config.yaml"} <= set(keys)
     jsonl = "".join(storage.read_text(f"s3://{s3_bucket}/{k}") for k in keys if k.endswith(".jsonl"))
     assert len(jsonl.splitlines()) == 30
+    # Every export holds the same results: the PDFs' text layers are the recognised text (the readable
+    # images' pages, read again from S3), the text export has one form-feed separated page per row.
+    pdf_pages, pdf_words, txt_pages = 0, [], 0
+    for key in (k for k in keys if k.endswith(".pdf")):
+        pdf = pdfium.PdfDocument(storage.read_bytes(f"s3://{s3_bucket}/{key}"))
+        pdf_pages += len(pdf)
+        pdf_words += [w for page in pdf for w in page.get_textpage().get_text_range().split()]
+        pdf.close()
+    for key in (k for k in keys if k.endswith(".txt")):
+        txt_pages += len(storage.read_text(f"s3://{s3_bucket}/{key}").split("\f"))
+    rows = [json.loads(line) for line in jsonl.splitlines()]
+    assert (pdf_pages, txt_pages) == (26, 30)
+    assert sorted(pdf_words) == sorted(
+        w for r in rows if not r["error"] for ln in r["lines"] for w in ln["text"].split()
+    )
     resolved = storage.read_text(f"s3://{s3_bucket}/out/_config.yaml")
     assert s3_server.secret_key not in resolved and "aws_" not in resolved.lower()
     assert "num_cpus: 0.75" in resolved  # the 2-CPU defaults were resolved and recorded
@@ -480,3 +506,67 @@ def test_watchdog_stops_a_deadlocked_pipeline_and_frees_the_cluster(
     while ray.available_resources().get("CPU", 0.0) < 2.0:
         assert time.monotonic() < deadline, ray.available_resources()
         time.sleep(0.5)
+
+
+def test_every_format_of_the_shipped_models_on_bundled_receipts(tmp_path: Path) -> None:
+    """Parquet, JSONL, hOCR, ALTO, text and searchable PDF of one run hold the same reading."""
+    import xml.etree.ElementTree as ET
+
+    from ocrjobs import results
+
+    repo = Path(__file__).resolve().parents[2]
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for sample in sorted((repo / "samples" / "receipts").glob("*.jpg"))[:3]:
+        shutil.copy(sample, inputs / sample.name)
+    config = BulkConfig(
+        input=str(inputs),
+        output=str(tmp_path / "out"),
+        detector=str(repo / "models" / "dbnet_doc"),
+        recognizer=str(repo / "models" / "crnn_doc"),
+        exports=ExportsConfig(jsonl=True, hocr=True, alto=True, txt=True, pdf=True),
+    )
+    assert run_bulk(config)["ok"] == 3
+    out = tmp_path / "out"
+    (part,) = [p.stem for p in (out / "parquet").glob("part-*.parquet")]
+    pages = results.pages_from_table(pq.read_table(out / "parquet" / f"{part}.parquet"))
+    jsonl = (out / "jsonl" / f"{part}.jsonl").read_text()
+    assert results.to_jsonl(pages) == jsonl  # JSONL keeps polygons to 1/100 px, all else exactly
+    assert [[ln.text for ln in p.lines] for p in results.pages_from_jsonl(jsonl)] == [
+        [ln.text for ln in p.lines] for p in pages
+    ]
+    ordered = [[line.text for line in page.ordered_lines() if line.text] for page in pages]
+    assert all(len(texts) > 10 for texts in ordered)  # real receipts, real readings
+
+    # hOCR: XHTML whose words, line by line, are the lines' text; each word box lies inside its line.
+    xhtml = "{http://www.w3.org/1999/xhtml}"
+    hocr = ET.fromstring((out / "hocr" / f"{part}.hocr").read_text())
+    for page, div in zip(pages, hocr.iter(f"{xhtml}div"), strict=True):
+        spans = [s for s in div if s.get("class") == "ocr_line"]
+        lines = page.ordered_lines()
+        assert len(spans) == len(lines)
+        for line, span in zip(lines, spans, strict=True):
+            assert [w.text for w in span] == line.text.split()
+            lx0, ly0, lx1, ly1 = (int(v) for v in span.get("title").split(";")[0].split()[1:])
+            for word in span:
+                wx0, wy0, wx1, wy1 = (int(v) for v in word.get("title").split(";")[0].split()[1:])
+                assert lx0 <= wx0 <= wx1 <= lx1 and ly0 <= wy0 <= wy1 <= ly1
+
+    # ALTO v4: one Page per image, its Strings in order are the words of the text export.
+    alto = ET.fromstring((out / "alto" / f"{part}.xml").read_text())
+    a = f"{{{results.ALTO_NAMESPACE}}}"
+    alto_pages = alto.findall(f"{a}Layout/{a}Page")
+    assert len(alto_pages) == 3
+    text_pages = (out / "txt" / f"{part}.txt").read_text().split("\f")
+    for alto_page, texts, text_page in zip(alto_pages, ordered, text_pages, strict=True):
+        strings = [s.get("CONTENT") for s in alto_page.iter(f"{a}String") if s.get("CONTENT")]
+        assert strings == " ".join(texts).split() == text_page.split()
+
+    # Searchable PDF: the extracted text layer is the recognised text, page by page.
+    pdf = pdfium.PdfDocument((out / "pdf" / f"{part}.pdf").read_bytes())
+    try:
+        assert len(pdf) == 3
+        for page, texts in zip(pdf, ordered, strict=True):
+            assert page.get_textpage().get_text_range().split() == " ".join(texts).split()
+    finally:
+        pdf.close()

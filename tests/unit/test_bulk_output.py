@@ -82,8 +82,74 @@ def test_hocr_export_is_xml_with_one_page_per_readable_image() -> None:
     assert len(pages) == 2
     assert pages[0].get("title") == 'image "s3://b/in/a.jpg"; bbox 0 0 40 20; ppageno 0'
     lines = pages[0].findall("h:span[@class='ocr_line']", ns)
-    assert [line.text for line in lines] == ["TOTAL <12.50> & tax", None]
+    words = [[w.text for w in line.findall("h:span[@class='ocrx_word']", ns)] for line in lines]
+    assert words == [["TOTAL", "<12.50>", "&", "tax"], []]
     assert lines[0].get("title") == "bbox 1 2 30 13; poly 1 2 30 2 30 12 1 12; x_wconf 80"
+
+
+def test_every_export_format_goes_through_the_document_model() -> None:
+    from ocrjobs import results
+
+    table = bulk.output_table(_results(), "det@1", "rec@2")
+    config = bulk.BulkConfig(input="s3://b/in", output="s3://b/out")
+    pages = results.pages_from_table(table)
+    expected = {
+        "jsonl": results.to_jsonl(pages),
+        "hocr": results.to_hocr(pages, "part-x"),
+        "alto": results.to_alto(pages),
+        "txt": results.to_text(pages),
+    }
+    for fmt, text in expected.items():
+        assert bulk.export_bytes(config, fmt, table, "part-x") == text.encode()
+    assert bulk.export_bytes(config, "txt", table, "part-x").decode().split("\f") == [
+        "TOTAL <12.50> & tax\n",
+        "",
+        "",
+    ]
+    alto = ET.fromstring(bulk.export_bytes(config, "alto", table, "part-x"))
+    ns = {"a": results.ALTO_NAMESPACE}
+    assert len(alto.findall(".//a:Page", ns)) == 2
+    assert [s.get("CONTENT") for s in alto.findall(".//a:TextLine", ns)[0].findall("a:String", ns)] == [
+        "TOTAL",
+        "<12.50>",
+        "&",
+        "tax",
+    ]
+    with pytest.raises(ValueError, match="unknown export format"):
+        bulk.export_bytes(config, "docx", table, "part-x")
+
+
+def test_pdf_export_reads_the_pages_again_and_leaves_out_inputs_that_are_gone(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pypdfium2 as pdfium
+
+    from ocrjobs.documents import pdf_from_images
+
+    image = np.full((20, 40, 3), 255, np.uint8)
+    (tmp_path / "a.png").write_bytes(encode_png(image))
+    # A two-page PDF input: each row is a page; page 2 is rendered again at documents.dpi.
+    (tmp_path / "doc.pdf").write_bytes(pdf_from_images([image, np.zeros((30, 50, 3), np.uint8)], dpi=150))
+    rows = _results().to_pylist()
+    rows[0]["uri"] = str(tmp_path / "a.png")
+    rows[1].update(uri=str(tmp_path / "doc.pdf"), page=2, pages=2, width=50, height=30)
+    rows.append({**rows[0], "uri": str(tmp_path / "deleted.png"), "position": 3})
+    table = bulk.output_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), "det@1", "rec@2")
+    config = bulk.BulkConfig(input=str(tmp_path), output=str(tmp_path / "out"))
+
+    with caplog.at_level("WARNING", logger="ocrjobs.jobs.bulk"):
+        data = bulk.export_bytes(config, "pdf", table, "part-x")
+    assert "1 pages left out" in caplog.text and "deleted.png" in caplog.text
+    pdf = pdfium.PdfDocument(data)
+    try:
+        assert len(pdf) == 2  # a.png and page 2 of doc.pdf; not the error row nor the vanished file
+        scale = 72.0 / config.documents.dpi
+        assert pdf[0].get_size() == pytest.approx((40 * scale, 20 * scale))
+        assert pdf[1].get_size() == pytest.approx((50 * scale, 30 * scale))
+        assert pdf[0].get_textpage().get_text_range().split() == ["TOTAL", "<12.50>", "&", "tax"]
+        assert pdf[1].get_textpage().get_text_range().strip() == ""
+    finally:
+        pdf.close()
 
 
 # ------------------------------------------------------------------------------------------ decoding

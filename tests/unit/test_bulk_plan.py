@@ -330,6 +330,19 @@ def test_demo_config_loads() -> None:
     assert len(list((REPO / config.input).glob("*.jpg"))) >= 5
 
 
+def test_formats_flag_replaces_the_exports() -> None:
+    base = ["bulk", "--input", "s3://b/in", "--output", "s3://b/out", "--set", "exports.hocr=true"]
+    args = cli.build_parser().parse_args([*base, "--formats", "parquet, JSONL,alto,pdf"])
+    config = bulk.config_from_args(args)
+    assert config.exports.wanted() == ["jsonl", "alto", "pdf"]  # hocr from --set is replaced
+    assert (
+        bulk.config_from_args(cli.build_parser().parse_args([*base, "--formats", "parquet"])).exports.wanted()
+        == []
+    )
+    with pytest.raises(ConfigError, match="unknown format docx"):
+        bulk.config_from_args(cli.build_parser().parse_args([*base, "--formats", "jsonl,docx"]))
+
+
 def test_max_pixels_default_matches_the_decoder() -> None:
     from ocrjobs.images import DEFAULT_MAX_PIXELS
 

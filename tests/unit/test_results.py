@@ -502,6 +502,21 @@ def test_searchable_pdf_spaces_words_that_touch() -> None:
         pdf.close()
 
 
+def test_searchable_pdf_separates_lines_that_overlap() -> None:
+    # Two lines of a real receipt whose boxes overlap: without a space after "GST" the PDF's text
+    # extraction ran them together as "GSTReg".
+    lines = [
+        Line(polygon=_quad(168, 139, 215, 153), text="GST"),
+        Line(polygon=_quad(207, 133, 447, 157), text="Reg No 000184401920"),
+    ]
+    page = Page(uri="r.jpg", width=500, height=200, lines=lines)
+    pdf = pdfium.PdfDocument(results.to_searchable_pdf([page], [_image(500, 200)], dpi=72.0))
+    try:
+        assert _pdf_words(pdf[0])[0].split() == ["GST", "Reg", "No", "000184401920"]
+    finally:
+        pdf.close()
+
+
 def test_searchable_pdf_with_an_embedded_font_keeps_other_scripts() -> None:
     matplotlib = pytest.importorskip("matplotlib")
     font = (Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf").read_bytes()
