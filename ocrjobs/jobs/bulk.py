@@ -283,6 +283,9 @@ class BulkConfig(StrictModel):
         backend: how the model stages run their networks: ``auto`` (ONNX Runtime for the detector and
             CTC recognizers on CPU, int8 where a folder ships ``model.int8.onnx``; PyTorch on GPUs and for
             attention models), ``torch``, ``onnxruntime`` or ``onnxruntime-int8`` (:mod:`ocrjobs.backends`).
+        onnx_providers: ONNX Runtime execution providers in order of preference, e.g.
+            ``[TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]``; ``None``: CPU,
+            with CUDA first on GPU actors. A provider the installed ONNX Runtime lacks is an error.
         decode: the read + decode stage.
         detection: the detection actor pool.
         recognition: the recognition actor pool.
@@ -307,6 +310,7 @@ class BulkConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = False
     backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
+    onnx_providers: list[str] | None = None
     decode: DecodeConfig = Field(default_factory=DecodeConfig)
     detection: PoolConfig = Field(default_factory=PoolConfig)
     recognition: PoolConfig = Field(default_factory=PoolConfig)
@@ -994,6 +998,7 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
                 "amp": config.amp and device == "cuda",
                 "model_batch_size": pool.model_batch_size,
                 "backend": config.backend,
+                "onnx_providers": config.onnx_providers,
             },
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             num_cpus=pool.num_cpus,

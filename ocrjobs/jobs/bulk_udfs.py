@@ -439,6 +439,7 @@ class DetectStage:
         amp: autocast on the GPU.
         model_batch_size: images per forward pass; ``None`` keeps the predictor's default.
         backend: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`ocrjobs.backends`).
+        onnx_providers: ONNX Runtime execution providers (``None``: the device's default).
     """
 
     def __init__(
@@ -448,10 +449,13 @@ class DetectStage:
         amp: bool = False,
         model_batch_size: int | None = None,
         backend: str = "auto",
+        onnx_providers: Sequence[str] | None = None,
     ) -> None:
         from ocrjobs.detection.predictor import DetectionPredictor
 
         overrides: dict[str, Any] = {"amp": amp, "backend": backend}
+        if onnx_providers is not None:
+            overrides["onnx_providers"] = list(onnx_providers)
         if model_batch_size is not None:
             overrides["batch_size"] = model_batch_size
         self.predictor: DetectionPredictor = DetectionPredictor.from_model_dir(
@@ -542,6 +546,7 @@ class RecognizeStage:
         amp: autocast on the GPU.
         model_batch_size: crops per forward pass (of each member); ``None`` keeps the predictors' default.
         backend: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`ocrjobs.backends`).
+        onnx_providers: ONNX Runtime execution providers (``None``: the device's default).
     """
 
     def __init__(
@@ -551,11 +556,14 @@ class RecognizeStage:
         amp: bool = False,
         model_batch_size: int | None = None,
         backend: str = "auto",
+        onnx_providers: Sequence[str] | None = None,
     ) -> None:
         from ocrjobs.recognition.ensemble import Ensemble
         from ocrjobs.recognition.predictor import RecognitionPredictor
 
         overrides: dict[str, Any] = {"amp": amp, "backend": backend}
+        if onnx_providers is not None:
+            overrides["onnx_providers"] = list(onnx_providers)
         if model_batch_size is not None:
             overrides["batch_size"] = model_batch_size
         dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)

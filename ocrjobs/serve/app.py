@@ -183,6 +183,8 @@ class Detector:
         config = DetectorConfig.model_validate(settings)
         self.threads = _torch_setup(config.torch_threads)
         overrides: dict[str, Any] = {"amp": config.amp, "backend": config.backend}
+        if config.onnx_providers is not None:
+            overrides["onnx_providers"] = list(config.onnx_providers)
         if config.model_batch_size is not None:
             overrides["batch_size"] = config.model_batch_size
         if config.limit_side is not None:

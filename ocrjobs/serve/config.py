@@ -169,6 +169,8 @@ class _ModelSettings(_DeploymentSettings):
         amp: autocast (float16/bfloat16) on GPUs.
         backend: ``auto`` (ONNX Runtime for detectors and CTC recognizers on CPU), ``torch`` or
             ``onnxruntime`` (:mod:`ocrjobs.backends`).
+        onnx_providers: ONNX Runtime execution providers in order of preference (``null``: CPU, with
+            CUDA first on GPU replicas), e.g. ``[CUDAExecutionProvider, CPUExecutionProvider]``.
         torch_threads: intra-op threads of the replica's torch and ONNX Runtime (``null``: leave Ray's
             default).
     """
@@ -179,6 +181,7 @@ class _ModelSettings(_DeploymentSettings):
     model_batch_size: int | None = Field(default=None, ge=1)
     amp: bool = False
     backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
+    onnx_providers: list[str] | None = None
     torch_threads: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -245,6 +248,8 @@ class MemberConfig(_ModelSettings):
                 overrides[key] = getattr(self, key)
         if self.model_batch_size is not None:
             overrides["batch_size"] = self.model_batch_size
+        if self.onnx_providers is not None:
+            overrides["onnx_providers"] = list(self.onnx_providers)
         return overrides
 
 

@@ -191,3 +191,22 @@ def test_int8_graph_is_used_only_for_its_weights(tmp_path: Path, shared_data: Pa
     assert RecognitionPredictor.from_model_dir(folder).backend == "onnxruntime"  # stale: the float graph
     with pytest.raises(ConfigError, match="other weights"):
         RecognitionPredictor.from_model_dir(folder, backend="onnxruntime-int8")
+
+
+def test_execution_providers_come_from_the_bulk_and_serve_configs() -> None:
+    from ocrjobs.jobs.bulk_udfs import DetectStage, RecognizeStage
+    from ocrjobs.serve.config import MemberConfig
+
+    cpu = ["CPUExecutionProvider"]
+    stage = RecognizeStage(str(REPO / "models" / "crnn_doc"), backend="onnxruntime", onnx_providers=cpu)
+    assert stage.read.backend == "onnxruntime"  # type: ignore[attr-defined]
+    # A provider this ONNX Runtime lacks stops the stage with a message that says so.
+    with pytest.raises(ConfigError, match="no \\['TensorrtExecutionProvider'\\]"):
+        DetectStage(
+            str(REPO / "models" / "dbnet_doc"),
+            backend="onnxruntime",
+            onnx_providers=["TensorrtExecutionProvider", *cpu],
+        )
+    member = MemberConfig(model="models/crnn_doc", onnx_providers=cpu)
+    assert member.predictor_overrides()["onnx_providers"] == cpu
+    assert "onnx_providers" not in MemberConfig(model="models/crnn_doc").predictor_overrides()
