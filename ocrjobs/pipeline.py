@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ocrjobs.detection.predictor import DetectionPredictor
     from ocrjobs.recognition.predictor import RecognitionPredictor
 
-__all__ = ["OcrLine", "join_text", "ocr_images"]
+__all__ = ["OcrLine", "join_text", "keep_line", "ocr_images"]
 
 
 @dataclass
@@ -28,6 +28,19 @@ class OcrLine:
     text: str
     det_score: float
     rec_score: float
+
+
+def keep_line(text: str, rec_score: float, drop_score: float) -> bool:
+    """Whether a page keeps a line it read: not when its recognition confidence is under the
+    recognizer's ``drop_score`` (noise read as text: specks, punch holes, scanner bands).
+
+    Every host assembling pages uses it (this module, the bulk job's recognition stage, Serve's ingress).
+    Blank readings stay: they carry their box, and add no text.
+
+    >>> keep_line("0", 0.21, 0.4), keep_line("Total", 0.93, 0.4), keep_line("", 0.1, 0.4)
+    (False, True, True)
+    """
+    return not text or rec_score >= drop_score
 
 
 def ocr_images(
@@ -52,9 +65,11 @@ def ocr_images(
             owners.append((i, j))
     texts = recognizer(crops) if crops else []
     out: list[list[OcrLine]] = [[] for _ in images]
+    drop = recognizer.drop_score
     for (i, j), rec in zip(owners, texts, strict=True):
         region = detections[i][j]
-        out[i].append(OcrLine(region.polygon, rec.text, float(region.score), float(rec.score)))
+        if keep_line(rec.text, float(rec.score), drop):
+            out[i].append(OcrLine(region.polygon, rec.text, float(region.score), float(rec.score)))
     return out
 
 

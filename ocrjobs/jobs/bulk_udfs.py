@@ -568,10 +568,13 @@ class RecognizeStage:
             overrides["batch_size"] = model_batch_size
         dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
         self.read: Callable[[list[np.ndarray]], Sequence[RecognizedText | EnsembleResult]]
+        reader: RecognitionPredictor | Ensemble
         if len(dirs) == 1:
-            self.read = RecognitionPredictor.from_model_dir(dirs[0], device=device, **overrides)
+            reader = RecognitionPredictor.from_model_dir(dirs[0], device=device, **overrides)
         else:
-            self.read = Ensemble.from_model_dirs(dirs, device=device, **overrides)
+            reader = Ensemble.from_model_dirs(dirs, device=device, **overrides)
+        self.read = reader
+        self.drop_score = reader.drop_score
 
     def _lines_of(
         self, batch: pa.Table, ok: list[int]
@@ -616,11 +619,21 @@ class RecognizeStage:
 
         ok = _ok_rows(batch)
         crops, polygons, det_scores = self._lines_of(batch, ok)
+        # Pages (detected lines) drop lines read under the recognizer's drop_score; an input that is
+        # itself a line (recognize, latex) keeps its reading whatever its score.
+        from ocrjobs.pipeline import keep_line
+
+        drop = self.drop_score if "crops" in batch.column_names else 0.0
         results = _run_isolated(lambda items: list(self.read(items)), crops)
         for k, (i, result) in enumerate(zip(ok, results, strict=True)):
             if isinstance(result, Exception):
                 errors[i], details[i] = "recognition_failed", _failure(result)
                 continue
+            kept = [
+                (polygon, det, rec)
+                for polygon, det, rec in zip(polygons[k], det_scores[k], result, strict=True)
+                if keep_line(rec.text, float(rec.score), drop)
+            ]
             lines[i] = [
                 {
                     "polygon": polygon,
@@ -629,10 +642,10 @@ class RecognizeStage:
                     "rec_score": float(rec.score),
                     "members": _members(rec),
                 }
-                for polygon, det, rec in zip(polygons[k], det_scores[k], result, strict=True)
+                for polygon, det, rec in kept
             ]
             # Lines are already in reading order (the detector's contract); blank reads add no text.
-            texts[i] = "\n".join(rec.text for rec in result if rec.text)
+            texts[i] = "\n".join(rec.text for _, _, rec in kept if rec.text)
         seconds = (time.perf_counter() - start) / max(n, 1)
         return pa.Table.from_pydict(
             {

@@ -58,6 +58,7 @@ __all__ = [
     "Proposal",
     "SyncMember",
     "combine",
+    "ensemble_drop_score",
     "member_names",
     "run_ensemble",
     "run_ensemble_async",
@@ -261,6 +262,7 @@ class Member:
                 json.dumps(p.tokenizer.to_dict(), sort_keys=True).encode("utf-8")
             ).hexdigest()[:12],
             "device": str(p.device),
+            "drop_score": p.drop_score,
         }
 
 
@@ -444,6 +446,11 @@ async def run_ensemble_async(
     return combine([m.name for m in members], proposals, requests, scores)
 
 
+def ensemble_drop_score(infos: Sequence[dict[str, Any]]) -> float:
+    """The ``drop_score`` of an ensemble from its members' :meth:`Member.info`: the smallest one."""
+    return min((float(i.get("drop_score") or 0.0) for i in infos), default=0.0)
+
+
 class Ensemble:
     """An in-process ensemble that reads crops like a single predictor does.
 
@@ -486,6 +493,12 @@ class Ensemble:
                 for p, n in zip(paths, names, strict=True)
             ]
         )
+
+    @property
+    def drop_score(self) -> float:
+        """The page-line confidence floor of the ensemble: its least demanding member's ``drop_score``
+        (the ensemble's confidence, ``exp`` of the winner's mean log score, is on the members' scale)."""
+        return ensemble_drop_score([m.info() for m in self.members])
 
     def __call__(self, crops: Sequence[np.ndarray]) -> list[EnsembleResult]:
         """Read line crops (see :func:`run_ensemble`)."""

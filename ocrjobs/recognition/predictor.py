@@ -71,7 +71,7 @@ MIN_ASPECT = 0.75
 WIDTH_STEP = 16
 _PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
 _POSTPROCESS_KEYS = frozenset(
-    {"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus", "beam_confident"}
+    {"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus", "beam_confident", "drop_score"}
 )
 
 
@@ -200,6 +200,9 @@ class RecognitionPredictor:
         length_bonus: beam-search bonus per character (offsets the language model's cost per character).
         beam_confident: CTC beam search: lines whose greedy text has at least this line score keep it and
             skip the search (``ctc_beam_search``'s ``confident``); ``None`` searches every line.
+        drop_score: lines of a *page* read with a confidence below this are left out of its results
+            (noise read as text: specks, punch holes, scanner bands; :func:`ocrjobs.pipeline.keep_line`).
+            The predictor itself still returns every crop's reading; the ``recognize`` task keeps all.
         backend: ``torch``, ``onnxruntime``/``onnxruntime-int8`` (CTC models only) or ``auto`` (ONNX
             Runtime for CTC models on CPU); see :mod:`ocrjobs.backends`.
         onnx_path: a ``model.onnx`` exported from these weights (else one is exported to the local cache).
@@ -232,6 +235,7 @@ class RecognitionPredictor:
         lm_weight: float = 0.5,
         length_bonus: float = 0.0,
         beam_confident: float | None = None,
+        drop_score: float = 0.0,
         backend: str = "torch",
         onnx_path: str | Path | None = None,
         onnx_int8_path: str | Path | None = None,
@@ -274,6 +278,9 @@ class RecognitionPredictor:
         if beam_confident is not None and not 0.0 < beam_confident <= 1.0:
             raise ValueError(f"beam_confident must be in (0, 1], got {beam_confident}")
         self.beam_confident = None if beam_confident is None else float(beam_confident)
+        if not 0.0 <= drop_score < 1.0:
+            raise ValueError(f"drop_score must be in [0, 1), got {drop_score}")
+        self.drop_score = float(drop_score)
         self.backend, self._onnx = make_forward(
             self.model,
             self._example(),
@@ -515,6 +522,7 @@ class RecognitionPredictor:
                     else {}
                 ),
                 **({"beam_confident": self.beam_confident} if self.beam_confident is not None else {}),
+                **({"drop_score": self.drop_score} if self.drop_score else {}),
             },
             charset=self.tokenizer.to_dict(),
             version=self.version,

@@ -78,8 +78,8 @@ from starlette.requests import ClientDisconnect
 from ocrjobs import __version__
 from ocrjobs.documents import DocumentError, is_pdf, open_document
 from ocrjobs.images import ImageDecodeError, decode_image
-from ocrjobs.pipeline import OcrLine, join_text
-from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, run_ensemble_async
+from ocrjobs.pipeline import OcrLine, join_text, keep_line
+from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, ensemble_drop_score, run_ensemble_async
 from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
 
 __all__ = [
@@ -697,6 +697,7 @@ class OcrApi:
         self._token = (os.environ.get(env) or "") if env else ""
         self._versions: ModelVersions | None = None
         self._formula_versions: ModelVersions | None = None
+        self._drop_score = 0.0
         # Why a cap below max_ongoing_requests rather than a longer queue: Serve's proxy routes every
         # request of this app, /healthz included, through the same max_ongoing_requests slots and
         # queues the rest. Uploads hold a slot for as long as their client takes to send the body, so
@@ -846,6 +847,8 @@ class OcrApi:
                 *(m.handle.info.remote() for m in [*self.members, *self.formulas]),
             )
             n = 1 + len(self.members)
+            # Lines read under the members' drop_score leave a page (ocrjobs.pipeline.keep_line).
+            self._drop_score = ensemble_drop_score(infos[1:n])
             self._versions = ModelVersions(
                 detector=_version(infos[0]), members=[_version(i) for i in infos[1:n]]
             )
@@ -958,10 +961,14 @@ class OcrApi:
         """Detection, then the ensemble over the page's crops."""
         detection: Detection = await self.detector.detect.remote(image)
         results = await run_ensemble_async(self.members, detection.crops) if detection.crops else []
-        lines = [
-            OcrLine(polygon, result.text, det_score, result.score)
+        await self._model_versions()  # the members' drop_score, asked once
+        read = [
+            (OcrLine(polygon, result.text, det_score, result.score), result)
             for polygon, det_score, result in zip(detection.polygons, detection.scores, results, strict=True)
         ]
+        read = [(line, r) for line, r in read if keep_line(line.text, line.rec_score, self._drop_score)]
+        lines = [line for line, _ in read]
+        results = [r for _, r in read]
         return OcrResponse(
             text=join_text(lines),
             lines=[

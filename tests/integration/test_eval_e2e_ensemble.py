@@ -22,6 +22,10 @@ def test_e2e_with_two_recognizers_reports_the_ensemble_and_each_member(shared_da
     alone = [evaluate(EvalConfig(**common, rec_model=rec)) for rec in recs]
 
     assert set(both["members"]) == {"crnn_doc", "crnn_en"}
+
+    def member_det(name: str) -> float:
+        return float(both["members"][name]["cleval_hmean"])
+
     keys = [k for k in alone[0] if "e2e" in k]
     assert "cleval_e2e_hmean" in keys and "cleval_e2e_hmean_ci" in keys
     for name, single in zip(("crnn_doc", "crnn_en"), alone, strict=True):
@@ -30,8 +34,10 @@ def test_e2e_with_two_recognizers_reports_the_ensemble_and_each_member(shared_da
         assert {k: member[k] for k in keys} == {k: single[k] for k in keys}, name
     # The ensemble picks among the members' candidates: not far below the weaker member on these lines.
     assert both["cleval_e2e_hmean"] >= min(s["cleval_e2e_hmean"] for s in alone) - 0.02
-    # Detection is shared: the same boxes whichever recognizer reads them.
-    assert both["cleval_hmean"] == alone[0]["cleval_hmean"] == alone[1]["cleval_hmean"]
+    # Detection is shared; only crnn_doc's floor (drop_score 0.4: noise read as text) takes lines away.
+    # The ensemble drops under its least demanding member's floor (crnn_en has none): none.
+    assert both["cleval_hmean"] == alone[1]["cleval_hmean"] == member_det("crnn_en")
+    assert alone[0]["cleval_hmean"] == member_det("crnn_doc")
     assert both["rec_model"] == recs
 
 
