@@ -65,7 +65,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 from ray import serve
@@ -457,6 +457,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         "unavailable",
     }.items()
 }
+# GET /v1/ocr?format=...: the answer as JSON (the default) or as a file written by the document model's
+# exporters (ocrjobs.results), the same ones `ocrjobs bulk --formats` writes.
+_OCR_FORMATS: dict[str, str] = {
+    "json": "application/json",
+    "hocr": "application/xhtml+xml; charset=utf-8",
+    "alto": "application/xml; charset=utf-8",
+    "txt": "text/plain; charset=utf-8",
+    "pdf": "application/pdf",
+}
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -639,6 +648,75 @@ def _image_route(route: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[
             return await route(self, *args, **kwargs)
 
     return wrapper
+
+
+def _result_pages(result: OcrResponse | DocumentOcrResponse) -> list[Any]:
+    """An answer of ``/v1/ocr`` as the document model's pages (:mod:`ocrjobs.results`)."""
+    from ocrjobs.results import Line, Page
+
+    def lines(out: Sequence[LineOut]) -> list[Line]:
+        return [
+            Line(
+                polygon=np.asarray(ln.polygon, np.float32),
+                text=ln.text,
+                det_score=ln.det_score,
+                rec_score=ln.score,
+            )
+            for ln in out
+        ]
+
+    # hOCR and ALTO name the models that read the page.
+    models: dict[str, Any] = {
+        "detector": result.models.detector,
+        "recognizer": "+".join(result.models.members) or None,
+    }
+    if isinstance(result, OcrResponse):
+        return [
+            Page(
+                uri="upload",
+                page=1,
+                pages=1,
+                width=result.width,
+                height=result.height,
+                lines=lines(result.lines),
+                **models,
+            )
+        ]
+    return [
+        Page(
+            uri="upload",
+            page=p.page,
+            pages=result.page_count,
+            width=p.width,
+            height=p.height,
+            lines=lines(p.lines) if p.lines is not None else [],
+            error=p.error,
+            error_detail=p.detail,
+            **models,
+        )
+        for p in result.pages
+    ]
+
+
+def _export(
+    fmt: str,
+    result: OcrResponse | DocumentOcrResponse,
+    images: Sequence[np.ndarray | None] | None,
+    dpi: float,
+) -> bytes:
+    """The answer in ``fmt`` (hocr, alto, txt or pdf), by the exporters ``ocrjobs bulk`` writes with."""
+    from ocrjobs import results
+
+    pages = _result_pages(result)
+    if fmt == "hocr":
+        return results.to_hocr(pages, "upload").encode()
+    if fmt == "alto":
+        return results.to_alto(pages).encode()
+    if fmt == "txt":
+        return results.to_text(pages).encode()
+    # pdf: a PDF upload keeps its size (its pages were rendered at limits.pdf_dpi); an image is placed at
+    # that resolution too.
+    return results.to_searchable_pdf(pages, list(images or []), dpi=dpi)
 
 
 def _version(info: dict[str, Any]) -> str:
@@ -889,23 +967,59 @@ class OcrApi:
     @api.post(
         "/v1/ocr",
         response_model=OcrResponse | DocumentOcrResponse,
-        responses=_ERRORS,
-        openapi_extra=_IMAGE_BODY,
+        responses={
+            **_ERRORS,
+            200: {
+                "description": "JSON (format=json, the default), or the file of format=hocr|alto|txt|pdf",
+                "content": {media.split(";")[0]: {} for media in _OCR_FORMATS.values()},
+            },
+        },
+        openapi_extra={
+            **_IMAGE_BODY,
+            "parameters": [
+                {
+                    "name": "format",
+                    "in": "query",
+                    "required": False,
+                    "description": "json (default), hocr, alto (ALTO v4 XML), txt (pages separated by a form "
+                    "feed) or pdf (the upload's pages under an invisible text layer): the exporters of "
+                    "`ocrjobs bulk --formats`",
+                    "schema": {"type": "string", "enum": list(_OCR_FORMATS), "default": "json"},
+                }
+            ],
+        },
         dependencies=[Depends(_bearer)],
     )
     @_guarded
     @_image_route
-    async def ocr(self, request: Request) -> OcrResponse | DocumentOcrResponse:
+    async def ocr(self, request: Request) -> OcrResponse | DocumentOcrResponse | Response:
         """Detect the text lines of a page and read each with the recognizer ensemble. A PDF is read page
-        by page (at most ``limits.max_pdf_pages``) and answered as ``pages``."""
+        by page (at most ``limits.max_pdf_pages``) and answered as ``pages``. ``?format=`` asks for
+        hOCR, ALTO, text or a searchable PDF instead of JSON."""
+        fmt = request.query_params.get("format", "json").lower()
+        if fmt not in _OCR_FORMATS:
+            # Before the body is read: a wrong query costs the client no upload.
+            raise ApiError(400, "bad_format", f"format {fmt!r} is not one of {', '.join(_OCR_FORMATS)}")
         body = await self._upload(request)
+        images: list[np.ndarray | None] | None = [] if fmt == "pdf" else None
         # By its bytes, whatever its label: a body labelled application/pdf that is not one is read
         # as the image it may be (or refused as not_an_image).
+        result: OcrResponse | DocumentOcrResponse
         if is_pdf(body):
-            return await self._ocr_pdf(body)
-        return await self._ocr_page(await self._image(request, body))
+            result = await self._ocr_pdf(body, images)
+        else:
+            image = await self._image(request, body)
+            result = await self._ocr_page(image)
+            if images is not None:
+                images.append(image)
+        if fmt == "json":
+            return result
+        data = await asyncio.to_thread(_export, fmt, result, images, self.config.limits.pdf_dpi)
+        return Response(content=data, media_type=_OCR_FORMATS[fmt])
 
-    async def _ocr_pdf(self, body: bytes) -> DocumentOcrResponse:
+    async def _ocr_pdf(
+        self, body: bytes, images: list[np.ndarray | None] | None = None
+    ) -> DocumentOcrResponse:
         """Every page of a PDF through :meth:`_ocr_page`, a few pages in flight at a time."""
         limits = self.config.limits
         try:
@@ -928,6 +1042,8 @@ class OcrApi:
                 try:
                     image = await asyncio.to_thread(document.page, number)
                 except ImageDecodeError as exc:
+                    if images is not None:
+                        page_images[number] = None
                     return PageResult(
                         page=number,
                         text=None,
@@ -938,6 +1054,8 @@ class OcrApi:
                         detail=exc.message,
                     )
                 result = await self._ocr_page(image)
+                if images is not None:
+                    page_images[number] = image
                 return PageResult(
                     page=number,
                     text=result.text,
@@ -946,10 +1064,13 @@ class OcrApi:
                     height=result.height,
                 )
 
+        page_images: dict[int, np.ndarray | None] = {}
         try:
             pages = await asyncio.gather(*(read(k) for k in range(1, document.pages + 1)))
         finally:
             await asyncio.to_thread(document.close)
+        if images is not None:
+            images.extend(page_images.get(k) for k in range(1, document.pages + 1))
         return DocumentOcrResponse(
             pages=list(pages),
             page_count=document.pages,

@@ -293,6 +293,54 @@ def test_ocr_reads_a_pdf_page_by_page_as_it_reads_the_same_pages_as_images(clien
     assert (single.status_code, single.json()["error"]) == (415, "unsupported_media_type")
 
 
+def test_ocr_answers_in_the_bulk_exports_formats(client: httpx.Client, page_png: bytes) -> None:
+    import xml.etree.ElementTree as ET
+
+    import pypdfium2 as pdfium
+
+    from ocrjobs.documents import pdf_from_images
+    from ocrjobs.results import ALTO_NAMESPACE
+
+    png = {"content": page_png, "headers": {"Content-Type": "image/png"}}
+    body = client.post("/v1/ocr", **png).json()
+    words = sorted(body["text"].split())
+    answers = {fmt: client.post(f"/v1/ocr?format={fmt}", **png) for fmt in ("txt", "hocr", "alto", "pdf")}
+    for fmt, answer in answers.items():
+        assert answer.status_code == 200, (fmt, answer.text)
+    assert answers["txt"].headers["content-type"].startswith("text/plain")
+    assert sorted(answers["txt"].text.split()) == words  # the same lines, in reading order
+    hocr = ET.fromstring(answers["hocr"].content)
+    spans = hocr.iter("{http://www.w3.org/1999/xhtml}span")
+    assert sorted(s.text for s in spans if s.get("class") == "ocrx_word") == words
+    alto = ET.fromstring(answers["alto"].content)
+    strings = alto.iter(f"{{{ALTO_NAMESPACE}}}String")
+    assert sorted(s.get("CONTENT") for s in strings if s.get("CONTENT")) == words
+    pdf = pdfium.PdfDocument(answers["pdf"].content)
+    try:
+        assert answers["pdf"].headers["content-type"] == "application/pdf" and len(pdf) == 1
+        assert sorted(pdf[0].get_textpage().get_text_range().split()) == words
+    finally:
+        pdf.close()
+
+    # A PDF upload comes back as a searchable PDF of its pages, each the size it had; a page that could
+    # not be read has none.
+    pages = [np.full((200, 300, 3), 255, np.uint8), np.full((1500, 1500, 3), 255, np.uint8)]
+    source = pdf_from_images(pages, dpi=72)
+    answer = client.post("/v1/ocr?format=pdf", content=source, headers={"Content-Type": "application/pdf"})
+    assert answer.status_code == 200, answer.text
+    pdf = pdfium.PdfDocument(answer.content)
+    try:
+        assert len(pdf) == 1 and pdf[0].get_size() == pytest.approx((300, 200), abs=0.5)
+    finally:
+        pdf.close()
+    text = client.post("/v1/ocr?format=txt", content=source, headers={"Content-Type": "application/pdf"})
+    assert text.text.count("\f") == 1  # two pages, the second empty (not read: too many pixels)
+
+    wrong = client.post("/v1/ocr?format=docx", **png)
+    assert (wrong.status_code, wrong.json()["error"]) == (400, "bad_format")
+    assert "hocr, alto, txt, pdf" in wrong.json()["detail"]
+
+
 def test_recognize_reports_every_member_and_picks_the_best_mean(client: httpx.Client) -> None:
     crop = _encode(render_lines(["TOTAL 12.50"], size=20, width=200))
     response = client.post("/v1/recognize", content=crop, headers={"Content-Type": "image/png"})
