@@ -1,40 +1,100 @@
-"""Detection then recognition over a handful of in-memory images (eval and Serve hosts).
+"""The OCR chain every host runs: detect -> crop -> recognise -> assemble lines.
 
-The bulk job runs the same two predictors in separate actor pools; here both run in one process,
-with the crops of all given images recognised as one batch so width bucketing pays off.
+The bulk job (:mod:`ocrjobs.jobs.bulk_udfs`), the Serve deployments (:mod:`ocrjobs.serve.app`) and
+``ocrjobs eval`` call these functions; the hosts only move batches between them (Ray Data blocks,
+Serve requests and handles, a loop over a dataset):
+
+1. :func:`detect_and_crop`: detect text regions in a batch of images and cut each out, rectified and
+   upright (:func:`ocrjobs.geometry.crop_polygon`); regions thinner than a pixel are left out.
+2. recognition: a reader reads all crops of the batch in one call (a
+   :class:`~ocrjobs.recognition.predictor.RecognitionPredictor`, an in-process
+   :class:`~ocrjobs.recognition.ensemble.Ensemble`, or Serve's ensemble over member deployments).
+3. :func:`assemble_lines`: each region with its reading becomes a :class:`ocrjobs.results.Line`
+   (ensemble members' own readings included); lines read under the reader's ``drop_score`` leave
+   the page (:func:`keep_line`). :func:`page_text` joins a page's lines.
+
+:func:`read_detections` is steps 2-3 for a batch of pages and :func:`ocr_images` the whole chain. A
+page's lines stay in the detector's reading order.
+
+Results depend a little on how inputs are batched (the detector pads the images of a batch to one
+size, CTC recognizers pad crops to the widest crop of their batch), so two hosts agree exactly when
+they batch alike; ``tests/integration/test_serve.py`` checks that the three hosts do on the same
+receipts one page at a time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ocrjobs.geometry import crop_polygon
+from ocrjobs.results import Line
 
 if TYPE_CHECKING:
-    from ocrjobs.detection.predictor import DetectionPredictor
-    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.detection.predictor import DetectedRegion
 
-__all__ = ["OcrLine", "join_text", "keep_line", "ocr_images"]
+__all__ = [
+    "Detection",
+    "Reader",
+    "Reading",
+    "assemble_lines",
+    "detect_and_crop",
+    "join_text",
+    "keep_line",
+    "ocr_images",
+    "page_text",
+    "read_detections",
+    "split_counts",
+]
+
+
+class Reading(Protocol):
+    """What a reader returns per crop: a ``RecognizedText`` or an ``EnsembleResult``."""
+
+    text: str
+    score: float
+
+
+class Reader(Protocol):
+    """Reads line crops in one call: a recognition predictor or an ensemble."""
+
+    @property
+    def drop_score(self) -> float:
+        """Page lines read with a lower confidence are left out."""
+        ...
+
+    def __call__(self, crops: Sequence[np.ndarray]) -> Sequence[Any]: ...
 
 
 @dataclass
-class OcrLine:
-    """One detected and recognised text line, in original image coordinates."""
+class Detection:
+    """The detected regions of one image, each with its rectified crop.
 
-    polygon: np.ndarray
-    text: str
-    det_score: float
-    rec_score: float
+    Attributes:
+        polygons: float32 ``[n, 2]`` regions in image pixels, in reading order.
+        scores: detection score of each region (``None`` where nothing was detected: a whole-image line).
+        crops: the rectified ``[h, w, 3]`` crop of each region.
+    """
+
+    polygons: list[np.ndarray] = field(default_factory=list)
+    scores: list[float | None] = field(default_factory=list)
+    crops: list[np.ndarray] = field(default_factory=list)
+
+    @classmethod
+    def whole_image(cls, image: np.ndarray) -> Detection:
+        """An image that is itself one line (``task: recognize``/``latex``): its rectangle, no score."""
+        h, w = float(image.shape[0]), float(image.shape[1])
+        box = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]], np.float32)
+        return cls([box], [None], [image])
 
 
 def keep_line(text: str, rec_score: float, drop_score: float) -> bool:
     """Whether a page keeps a line it read: not when its recognition confidence is under the
     recognizer's ``drop_score`` (noise read as text: specks, punch holes, scanner bands).
 
-    Every host assembling pages uses it (this module, the bulk job's recognition stage, Serve's ingress).
     Blank readings stay: they carry their box, and add no text.
 
     >>> keep_line("0", 0.21, 0.4), keep_line("Total", 0.93, 0.4), keep_line("", 0.1, 0.4)
@@ -43,36 +103,134 @@ def keep_line(text: str, rec_score: float, drop_score: float) -> bool:
     return not text or rec_score >= drop_score
 
 
+def detect_and_crop(
+    detector: Callable[[list[np.ndarray]], Sequence[Sequence[DetectedRegion]]], images: list[np.ndarray]
+) -> list[Detection]:
+    """Detect regions in a batch of images and rectify each into a crop (step 1).
+
+    Args:
+        detector: a :class:`~ocrjobs.detection.predictor.DetectionPredictor` (or any callable
+            returning regions with ``polygon`` and ``score`` per image).
+        images: ``[h, w, 3]`` uint8 RGB images.
+
+    Returns:
+        One :class:`Detection` per image; regions thinner than a pixel (nothing to read) are left out.
+    """
+    out = []
+    for image, regions in zip(images, detector(images), strict=True):
+        detection = Detection()
+        for region in regions:
+            crop = crop_polygon(image, region.polygon)
+            if crop.size == 0:
+                continue
+            detection.polygons.append(np.asarray(region.polygon, np.float32))
+            detection.scores.append(float(region.score))
+            detection.crops.append(crop)
+        out.append(detection)
+    return out
+
+
+def _members(reading: Any) -> list[dict[str, Any]] | None:
+    """Each ensemble member's own reading (``{"name", "text", "score"}``), ``None`` for one recognizer."""
+    members = getattr(reading, "members", None)
+    if members is None:
+        return None
+    return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in members]
+
+
+def assemble_lines(
+    polygons: Sequence[Any],
+    det_scores: Sequence[float | None],
+    readings: Sequence[Any],
+    drop_score: float,
+) -> list[Line]:
+    """A page's lines from its regions and their readings (step 3), in the regions' order.
+
+    Args:
+        polygons: each region's polygon (``[n, 2]`` or flat ``[x0, y0, ...]``) in page pixels.
+        det_scores: each region's detection score (``None`` for a whole-image line).
+        readings: each region's reading (``RecognizedText`` or ``EnsembleResult``).
+        drop_score: lines read with a lower confidence leave the page (:func:`keep_line`; 0 keeps all).
+
+    Returns:
+        The kept lines.
+    """
+    lines = []
+    for polygon, det, reading in zip(polygons, det_scores, readings, strict=True):
+        score = float(reading.score)
+        if not keep_line(reading.text, score, drop_score):
+            continue
+        lines.append(
+            Line(
+                polygon=polygon,
+                text=reading.text,
+                det_score=None if det is None else float(det),
+                rec_score=score,
+                members=_members(reading),
+            )
+        )
+    return lines
+
+
+def split_counts(flat: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:
+    """Cut ``flat`` back into consecutive pieces of the given lengths.
+
+    >>> split_counts("abcde", [2, 0, 3])
+    [['a', 'b'], [], ['c', 'd', 'e']]
+    """
+    out, start = [], 0
+    for n in counts:
+        out.append(list(flat[start : start + n]))
+        start += n
+    return out
+
+
+def read_detections(
+    reader: Reader, detections: Sequence[Detection], drop_score: float | None = None
+) -> list[list[Line]]:
+    """Read the crops of a batch of pages in one call and assemble each page's lines (steps 2-3).
+
+    Args:
+        reader: the recognizer or ensemble.
+        detections: one :class:`Detection` per page.
+        drop_score: the page-line floor; ``None`` takes the reader's ``drop_score``.
+
+    Returns:
+        One list of lines per page.
+    """
+    crops = [crop for d in detections for crop in d.crops]
+    readings = split_counts(reader(crops) if crops else [], [len(d.crops) for d in detections])
+    floor = reader.drop_score if drop_score is None else drop_score
+    return [
+        assemble_lines(d.polygons, d.scores, page, floor)
+        for d, page in zip(detections, readings, strict=True)
+    ]
+
+
 def ocr_images(
     images: list[np.ndarray],
-    detector: DetectionPredictor,
-    recognizer: RecognitionPredictor,
-) -> list[list[OcrLine]]:
-    """Detect lines in each image, rectify every polygon and recognise all crops in one batch.
+    detector: Callable[[list[np.ndarray]], Sequence[Sequence[DetectedRegion]]],
+    reader: Reader,
+    drop_score: float | None = None,
+) -> list[list[Line]]:
+    """The whole chain over a batch of in-memory images; all crops are recognised as one batch.
+
+    Args:
+        images: ``[h, w, 3]`` uint8 RGB images.
+        detector: the detection predictor.
+        reader: the recognizer or ensemble.
+        drop_score: the page-line floor; ``None`` takes the reader's ``drop_score``.
 
     Returns:
         One list of lines per input image, in the detector's reading order.
     """
-    detections = detector(images)
-    crops: list[np.ndarray] = []
-    owners: list[tuple[int, int]] = []
-    for i, (image, regions) in enumerate(zip(images, detections, strict=True)):
-        for j, region in enumerate(regions):
-            crop = crop_polygon(image, region.polygon)
-            if crop.size == 0:
-                continue
-            crops.append(crop)
-            owners.append((i, j))
-    texts = recognizer(crops) if crops else []
-    out: list[list[OcrLine]] = [[] for _ in images]
-    drop = recognizer.drop_score
-    for (i, j), rec in zip(owners, texts, strict=True):
-        region = detections[i][j]
-        if keep_line(rec.text, float(rec.score), drop):
-            out[i].append(OcrLine(region.polygon, rec.text, float(region.score), float(rec.score)))
-    return out
+    return read_detections(reader, detect_and_crop(detector, images), drop_score)
 
 
-def join_text(lines: list[OcrLine]) -> str:
-    """The full text of an image: its lines (already in reading order), one per line."""
+def page_text(lines: Sequence[Line]) -> str:
+    """The full text of a page: its lines (already in reading order), one per line; blank reads add
+    nothing."""
     return "\n".join(line.text for line in lines if line.text)
+
+
+join_text = page_text  # the earlier name

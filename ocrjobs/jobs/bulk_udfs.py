@@ -412,17 +412,14 @@ def _timing(batch: pa.Table, name: str) -> pa.ChunkedArray | list[float]:
     return batch.column(name) if name in batch.column_names else [0.0] * batch.num_rows
 
 
+def _carried(batch: pa.Table, errors: list[Any], details: list[Any]) -> dict[str, Any]:
+    """The columns a model stage passes on: the row keys, page size and (updated) error columns."""
+    keep = ("uri", "shard", "position", "page", "pages", "width", "height")
+    return {**{name: batch.column(name) for name in keep}, "error": errors, "error_detail": details}
+
+
 def _failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def _members(result: RecognizedText | EnsembleResult) -> list[dict[str, Any]] | None:
-    """Each member's own reading of a line (:data:`MEMBER_TYPE`), or ``None`` from a single recognizer."""
-    from ocrjobs.recognition.ensemble import EnsembleResult
-
-    if not isinstance(result, EnsembleResult):
-        return None
-    return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in result.members]
 
 
 # ---------------------------------------------------------------------------------------- detection
@@ -472,14 +469,14 @@ class DetectStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Detect and crop a batch of :data:`DECODED_SCHEMA` rows into :data:`DETECTED_SCHEMA` rows."""
-        from ocrjobs.geometry import crop_polygon
+        from ocrjobs.pipeline import Detection, detect_and_crop
 
         start = time.perf_counter()
         n = batch.num_rows
         errors = batch.column("error").to_pylist()
         details = batch.column("error_detail").to_pylist()
         polygons: list[list[list[float]]] = [[] for _ in range(n)]
-        scores: list[list[float]] = [[] for _ in range(n)]
+        scores: list[list[float | None]] = [[] for _ in range(n)]
         crops: list[list[bytes]] = [[] for _ in range(n)]
         sizes: list[list[int]] = [[] for _ in range(n)]
 
@@ -489,39 +486,23 @@ class DetectStage:
         heights = batch.column("height").to_pylist()
         images = {i: _image(pixels[i].as_buffer(), heights[i], widths[i]) for i in ok}
 
-        def detect_and_crop(items: list[int]) -> list[list[tuple[np.ndarray, float, np.ndarray]]]:
-            found = self.predictor([images[i] for i in items])
-            out = []
-            for i, regions in zip(items, found, strict=True):
-                kept = []
-                for region in regions:
-                    crop = crop_polygon(images[i], region.polygon)
-                    if crop.size:  # thinner than a pixel: nothing to read
-                        kept.append((region.polygon, float(region.score), crop))
-                out.append(kept)
-            return out
+        def detect(items: list[int]) -> list[Detection]:
+            return detect_and_crop(self.predictor, [images[i] for i in items])
 
-        for i, result in zip(ok, _run_isolated(detect_and_crop, [[i] for i in ok]), strict=True):
+        for i, result in zip(ok, _run_isolated(detect, [[i] for i in ok]), strict=True):
             if isinstance(result, Exception):
                 errors[i], details[i] = "detection_failed", _failure(result)
                 continue
-            for polygon, score, crop in result[0]:
-                polygons[i].append(np.asarray(polygon, np.float32).reshape(-1).tolist())
+            (found,) = result
+            for polygon, score, crop in zip(found.polygons, found.scores, found.crops, strict=True):
+                polygons[i].append(polygon.reshape(-1).tolist())
                 scores[i].append(score)
                 crops[i].append(np.ascontiguousarray(crop).tobytes())
                 sizes[i].extend((int(crop.shape[0]), int(crop.shape[1])))
         seconds = (time.perf_counter() - start) / max(n, 1)
         return pa.Table.from_pydict(
             {
-                "uri": batch.column("uri"),
-                "shard": batch.column("shard"),
-                "position": batch.column("position"),
-                "page": batch.column("page"),
-                "pages": batch.column("pages"),
-                "width": batch.column("width"),
-                "height": batch.column("height"),
-                "error": errors,
-                "error_detail": details,
+                **_carried(batch, errors, details),
                 "polygons": polygons,
                 "det_scores": scores,
                 "crops": crops,
@@ -625,7 +606,7 @@ class RecognizeStage:
         crops, polygons, det_scores = self._lines_of(batch, ok)
         # Pages (detected lines) drop lines read under the recognizer's drop_score; an input that is
         # itself a line (recognize, latex) keeps its reading whatever its score.
-        from ocrjobs.pipeline import keep_line
+        from ocrjobs.pipeline import assemble_lines, page_text
 
         drop = self.drop_score if "crops" in batch.column_names else 0.0
         results = _run_isolated(lambda items: list(self.read(items)), crops)
@@ -633,35 +614,13 @@ class RecognizeStage:
             if isinstance(result, Exception):
                 errors[i], details[i] = "recognition_failed", _failure(result)
                 continue
-            kept = [
-                (polygon, det, rec)
-                for polygon, det, rec in zip(polygons[k], det_scores[k], result, strict=True)
-                if keep_line(rec.text, float(rec.score), drop)
-            ]
-            lines[i] = [
-                {
-                    "polygon": polygon,
-                    "text": rec.text,
-                    "det_score": det,
-                    "rec_score": float(rec.score),
-                    "members": _members(rec),
-                }
-                for polygon, det, rec in kept
-            ]
-            # Lines are already in reading order (the detector's contract); blank reads add no text.
-            texts[i] = "\n".join(rec.text for _, _, rec in kept if rec.text)
+            kept = assemble_lines(polygons[k], det_scores[k], result, drop)
+            lines[i] = [line.to_row() for line in kept]
+            texts[i] = page_text(kept)
         seconds = (time.perf_counter() - start) / max(n, 1)
         return pa.Table.from_pydict(
             {
-                "uri": batch.column("uri"),
-                "shard": batch.column("shard"),
-                "position": batch.column("position"),
-                "page": batch.column("page"),
-                "pages": batch.column("pages"),
-                "width": batch.column("width"),
-                "height": batch.column("height"),
-                "error": errors,
-                "error_detail": details,
+                **_carried(batch, errors, details),
                 "lines": lines,
                 "text": texts,
                 "t_read": batch.column("t_read"),

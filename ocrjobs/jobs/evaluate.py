@@ -309,46 +309,33 @@ def _run_detection_models(
             out.append([Prediction(polygon=r.polygon, text="", score=float(r.score)) for r in regions])
         return out, {}
     from ocrjobs.pipeline import keep_line, ocr_images
-    from ocrjobs.recognition.ensemble import ensemble_drop_score, run_ensemble
+    from ocrjobs.recognition.ensemble import Ensemble, ensemble_drop_score
 
     members = _load_members(config.rec_models, config.device, "recognition", config.backend)
     by_member: dict[str, list[list[Prediction]]] = {m.name: [] for m in members} if len(members) > 1 else {}
     infos = [m.info() for m in members]
     drop = ensemble_drop_score(infos)
-
-    class _Reader:
-        """The recognizer ``ocr_images`` calls: the one member, or Serve's propose-and-score ensemble."""
-
-        # Lines are dropped below, where each line is still paired with its members' readings.
-        drop_score = 0.0
-
-        def __call__(self, crops: list[np.ndarray]) -> list[Any]:
-            if len(members) == 1:
-                return members[0].predictor(crops)
-            self.results = run_ensemble(members, crops)
-            return self.results
-
-    reader = _Reader()
+    # The one member's predictor, or the propose-and-score ensemble Serve runs over its members.
+    reader = members[0].predictor if len(members) == 1 else Ensemble(members)
     for record in records:
-        lines = ocr_images([read_image(record.uri, config.storage)], detector, reader)[0]  # type: ignore[arg-type]
-        # ocr_images keeps every non-empty crop in order (drop_score 0), so line k is result k.
-        results: list[Any] = reader.results if by_member and lines else [None] * len(lines)
-        pairs = list(zip(lines, results, strict=True))
+        # Every line kept (floor 0): the ensemble's page and each member's own page drop their own.
+        lines = ocr_images([read_image(record.uri, config.storage)], detector, reader, drop_score=0.0)[0]
         out.append(
             [
-                Prediction(polygon=ln.polygon, text=ln.text, score=ln.det_score)
-                for ln, _ in pairs
-                if keep_line(ln.text, ln.rec_score, drop)
+                Prediction(polygon=ln.polygon, text=ln.text, score=float(ln.det_score or 0.0))
+                for ln in lines
+                if keep_line(ln.text, float(ln.rec_score or 0.0), drop)
             ]
         )
         # Each member's own page, as it would read it alone: its reading, under its own floor.
         for m, name in enumerate(by_member):
             floor = float(infos[m].get("drop_score") or 0.0)
+            own = [(ln, (ln.members or [])[m]) for ln in lines]
             by_member[name].append(
                 [
-                    Prediction(polygon=ln.polygon, text=r.members[m].text, score=ln.det_score)
-                    for ln, r in pairs
-                    if keep_line(r.members[m].text, r.members[m].score, floor)
+                    Prediction(polygon=ln.polygon, text=r["text"], score=float(ln.det_score or 0.0))
+                    for ln, r in own
+                    if keep_line(r["text"], r["score"], floor)
                 ]
             )
     return out, by_member

@@ -60,7 +60,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -78,8 +77,9 @@ from starlette.requests import ClientDisconnect
 from ocrjobs import __version__
 from ocrjobs.documents import DocumentError, is_pdf, open_document
 from ocrjobs.images import ImageDecodeError, decode_image
-from ocrjobs.pipeline import OcrLine, join_text, keep_line
+from ocrjobs.pipeline import Detection, assemble_lines, detect_and_crop, page_text, split_counts
 from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, ensemble_drop_score, run_ensemble_async
+from ocrjobs.results import Line
 from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
 
 __all__ = [
@@ -145,30 +145,6 @@ def _configure_batching(method: Any, max_batch_size: int, wait_s: float) -> None
     method.set_batch_wait_timeout_s(wait_s)
 
 
-def _split(flat: Sequence[R], counts: Sequence[int]) -> list[list[R]]:
-    """Cut ``flat`` back into consecutive pieces of the given lengths (one per batched call)."""
-    out, start = [], 0
-    for n in counts:
-        out.append(list(flat[start : start + n]))
-        start += n
-    return out
-
-
-@dataclass
-class Detection:
-    """What the detector returns for one image.
-
-    Attributes:
-        polygons: float32 ``[n, 2]`` regions in image pixels, in reading order.
-        scores: detection score of each region.
-        crops: the rectified ``[h, w, 3]`` crop of each region.
-    """
-
-    polygons: list[np.ndarray]
-    scores: list[float]
-    crops: list[np.ndarray]
-
-
 @serve.deployment(name="Detector")
 class Detector:
     """Detection replica: images in, polygons and their rectified crops out.
@@ -193,28 +169,12 @@ class Detector:
         _configure_batching(self.detect, config.max_batch_size, config.batch_wait_timeout_s)
         self._stats = BatchStats()
 
-    def _detect_and_crop(self, images: list[np.ndarray]) -> list[Detection]:
-        from ocrjobs.geometry import crop_polygon
-
-        out = []
-        for image, regions in zip(images, self.predictor(images), strict=True):
-            detection = Detection([], [], [])
-            for region in regions:
-                crop = crop_polygon(image, region.polygon)
-                if crop.size == 0:  # thinner than a pixel: nothing to read
-                    continue
-                detection.polygons.append(np.asarray(region.polygon, np.float32))
-                detection.scores.append(float(region.score))
-                detection.crops.append(crop)
-            out.append(detection)
-        return out
-
     @serve.batch
     async def detect(self, images: list[np.ndarray]) -> list[Detection]:
         """Detect and crop a batch of RGB uint8 images (one per request)."""
         start = time.perf_counter()
         # In a thread: the replica's event loop keeps queueing the next batch meanwhile.
-        out = await asyncio.to_thread(self._detect_and_crop, images)
+        out = await asyncio.to_thread(detect_and_crop, self.predictor, images)
         self._stats.add(len(images), len(images), time.perf_counter() - start)
         return out
 
@@ -274,7 +234,7 @@ class Recognizer:
         flat = [crop for call in calls for crop in call]
         proposals = await asyncio.to_thread(self._locked, self.member.propose, flat) if flat else []
         self._stats["propose"].add(len(calls), len(flat), time.perf_counter() - start)
-        return _split(proposals, [len(call) for call in calls])
+        return split_counts(proposals, [len(call) for call in calls])
 
     @serve.batch
     async def score(self, calls: list[tuple[list[np.ndarray], list[list[str]]]]) -> list[list[list[float]]]:
@@ -284,7 +244,7 @@ class Recognizer:
         texts = [texts for _, candidates in calls for texts in candidates]
         scores = await asyncio.to_thread(self._locked, self.member.score, flat, texts) if flat else []
         self._stats["score"].add(len(calls), len(flat), time.perf_counter() - start)
-        return _split(scores, [len(crops) for crops, _ in calls])
+        return split_counts(scores, [len(crops) for crops, _ in calls])
 
     def info(self) -> dict[str, Any]:
         """The member's model description and torch threads."""
@@ -731,6 +691,17 @@ def _ensemble_info(members: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _line_out(line: Line) -> LineOut:
+    """A page line as the HTTP schema writes it (polygon rounded to 1/100 pixel)."""
+    return LineOut(
+        polygon=np.asarray(line.polygon, np.float64).round(2).tolist(),
+        text=line.text,
+        score=float(line.rec_score or 0.0),
+        det_score=float(line.det_score or 0.0),
+        members=[MemberReading(**m) for m in line.members or []],
+    )
+
+
 def _members_out(result: EnsembleResult) -> list[MemberReading]:
     return [MemberReading(name=m.name, text=m.text, score=m.score) for m in result.members]
 
@@ -1083,25 +1054,10 @@ class OcrApi:
         detection: Detection = await self.detector.detect.remote(image)
         results = await run_ensemble_async(self.members, detection.crops) if detection.crops else []
         await self._model_versions()  # the members' drop_score, asked once
-        read = [
-            (OcrLine(polygon, result.text, det_score, result.score), result)
-            for polygon, det_score, result in zip(detection.polygons, detection.scores, results, strict=True)
-        ]
-        read = [(line, r) for line, r in read if keep_line(line.text, line.rec_score, self._drop_score)]
-        lines = [line for line, _ in read]
-        results = [r for _, r in read]
+        lines = assemble_lines(detection.polygons, detection.scores, results, self._drop_score)
         return OcrResponse(
-            text=join_text(lines),
-            lines=[
-                LineOut(
-                    polygon=np.asarray(line.polygon, np.float64).round(2).tolist(),
-                    text=line.text,
-                    score=line.rec_score,
-                    det_score=line.det_score,
-                    members=_members_out(result),
-                )
-                for line, result in zip(lines, results, strict=True)
-            ],
+            text=page_text(lines),
+            lines=[_line_out(line) for line in lines],
             width=int(image.shape[1]),
             height=int(image.shape[0]),
             models=await self._model_versions(),

@@ -739,3 +739,74 @@ def test_latex_without_formula_models_is_404_with_a_reason(shipped: str) -> None
         f"{shipped}/v1/latex", content=_encode(render_lines(["x"])), headers={"Content-Type": "image/png"}
     )
     assert response.status_code == 404 and response.json()["error"] == "not_configured"
+
+
+PARITY_RECEIPTS = ["sroie-dev-001.jpg", "sroie-dev-073.jpg", "sroie-dev-313.jpg"]
+
+
+def test_bulk_stages_pipeline_and_serve_read_the_same_receipts_alike(shipped: str) -> None:
+    """Issue 17's parity check: the three hosts run one chain (ocrjobs.pipeline), so on the same
+    receipts, one page at a time and with the same models, they give the same lines."""
+    import pyarrow as pa
+
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.images import read_image
+    from ocrjobs.jobs.bulk_udfs import DECODED_SCHEMA, DetectStage, RecognizeStage
+    from ocrjobs.pipeline import ocr_images
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+
+    detector_dir, recognizer_dir = REPO_ROOT / "models" / "dbnet_doc", REPO_ROOT / "models" / "crnn_doc"
+    detector = DetectionPredictor.from_model_dir(detector_dir)
+    recognizer = RecognitionPredictor.from_model_dir(recognizer_dir)
+    detect_stage, recognize_stage = DetectStage(str(detector_dir)), RecognizeStage(str(recognizer_dir))
+
+    def rounded(lines: list[dict[str, Any]]) -> list[tuple[str, list[float], float, float]]:
+        # Serve writes polygons to 1/100 px; scores may differ by float noise between processes.
+        return [
+            (
+                ln["text"],
+                np.asarray(ln["polygon"], np.float64).reshape(-1).round(2).tolist(),
+                round(ln["rec_score"], 4),
+                round(ln["det_score"], 4),
+            )
+            for ln in lines
+        ]
+
+    for name in PARITY_RECEIPTS:
+        path = REPO_ROOT / "samples" / "receipts" / name
+        image = read_image(str(path))
+        in_process = [ln.to_row() for ln in ocr_images([image], detector, recognizer)[0]]
+        decoded = pa.Table.from_pylist(
+            [
+                {
+                    "uri": str(path),
+                    "shard": 0,
+                    "position": 0,
+                    "page": 1,
+                    "pages": 1,
+                    "width": image.shape[1],
+                    "height": image.shape[0],
+                    "pixels": image.tobytes(),
+                    "t_read": 0.0,
+                    "t_decode": 0.0,
+                }
+            ],
+            schema=DECODED_SCHEMA,
+        )
+        (bulk,) = recognize_stage(detect_stage(decoded)).to_pylist()
+        response = httpx.post(
+            f"{shipped}/v1/ocr",
+            content=path.read_bytes(),
+            headers={"Content-Type": "image/jpeg"},
+            timeout=120,
+        )
+        assert response.status_code == 200, response.text
+        served = [{**ln, "rec_score": ln["score"]} for ln in response.json()["lines"]]
+        assert len(in_process) > 10, name  # a real receipt, read
+        assert rounded(bulk["lines"]) == rounded(in_process), name
+        assert rounded(served) == rounded(in_process), name
+        assert (
+            bulk["text"]
+            == response.json()["text"]
+            == "\n".join(ln["text"] for ln in in_process if ln["text"])
+        )
