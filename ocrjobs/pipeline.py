@@ -46,6 +46,7 @@ __all__ = [
     "keep_line",
     "ocr_images",
     "page_text",
+    "predictor_overrides",
     "read_detections",
     "split_counts",
 ]
@@ -170,6 +171,24 @@ def assemble_lines(
             )
         )
     return lines
+
+
+def predictor_overrides(
+    amp: bool, backend: str, onnx_providers: Sequence[str] | None, model_batch_size: int | None
+) -> dict[str, Any]:
+    """The ``from_model_dir`` overrides a host passes to a detection or recognition predictor: the
+    bulk stages and the Serve deployments (and ``ocrjobs serve``'s preflight, which loads the models
+    as the replicas will) all build them here. Settings left ``None`` keep the model folder's.
+
+    >>> predictor_overrides(False, "auto", None, 8)
+    {'amp': False, 'backend': 'auto', 'batch_size': 8}
+    """
+    overrides: dict[str, Any] = {"amp": amp, "backend": backend}
+    if onnx_providers is not None:
+        overrides["onnx_providers"] = list(onnx_providers)
+    if model_batch_size is not None:
+        overrides["batch_size"] = model_batch_size
+    return overrides
 
 
 def split_counts(flat: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:

@@ -54,6 +54,7 @@ import pyarrow as pa
 
 from ocrjobs import storage
 from ocrjobs.config import StorageConfig
+from ocrjobs.pipeline import predictor_overrides
 
 if TYPE_CHECKING:
     from ocrjobs.detection.predictor import DetectionPredictor
@@ -425,18 +426,6 @@ def _failure(exc: Exception) -> str:
 # ---------------------------------------------------------------------------------------- detection
 
 
-def _predictor_overrides(
-    amp: bool, backend: str, onnx_providers: Sequence[str] | None, model_batch_size: int | None
-) -> dict[str, Any]:
-    """The ``from_model_dir`` overrides of a model stage (settings left ``None`` keep the folder's)."""
-    overrides: dict[str, Any] = {"amp": amp, "backend": backend}
-    if onnx_providers is not None:
-        overrides["onnx_providers"] = list(onnx_providers)
-    if model_batch_size is not None:
-        overrides["batch_size"] = model_batch_size
-    return overrides
-
-
 class DetectStage:
     """Ray Data actor: text detection, then every polygon cropped and rectified.
 
@@ -462,7 +451,7 @@ class DetectStage:
     ) -> None:
         from ocrjobs.detection.predictor import DetectionPredictor
 
-        overrides = _predictor_overrides(amp, backend, onnx_providers, model_batch_size)
+        overrides = predictor_overrides(amp, backend, onnx_providers, model_batch_size)
         self.predictor: DetectionPredictor = DetectionPredictor.from_model_dir(
             model_dir, device=device, **overrides
         )
@@ -550,7 +539,7 @@ class RecognizeStage:
         from ocrjobs.recognition.ensemble import Ensemble
         from ocrjobs.recognition.predictor import RecognitionPredictor
 
-        overrides = _predictor_overrides(amp, backend, onnx_providers, model_batch_size)
+        overrides = predictor_overrides(amp, backend, onnx_providers, model_batch_size)
         dirs = [model_dir] if isinstance(model_dir, str) else list(model_dir)
         self.read: Callable[[list[np.ndarray]], Sequence[RecognizedText | EnsembleResult]]
         reader: RecognitionPredictor | Ensemble

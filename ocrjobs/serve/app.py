@@ -158,14 +158,9 @@ class Detector:
 
         config = DetectorConfig.model_validate(settings)
         self.threads = _torch_setup(config.torch_threads)
-        overrides: dict[str, Any] = {"amp": config.amp, "backend": config.backend}
-        if config.onnx_providers is not None:
-            overrides["onnx_providers"] = list(config.onnx_providers)
-        if config.model_batch_size is not None:
-            overrides["batch_size"] = config.model_batch_size
-        if config.limit_side is not None:
-            overrides["limit_side"] = config.limit_side
-        self.predictor = DetectionPredictor.from_model_dir(config.model, device=config.device, **overrides)
+        self.predictor = DetectionPredictor.from_model_dir(
+            config.model, device=config.device, **config.predictor_overrides()
+        )
         _configure_batching(self.detect, config.max_batch_size, config.batch_wait_timeout_s)
         self._stats = BatchStats()
 

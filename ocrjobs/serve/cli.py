@@ -100,10 +100,9 @@ def check_models(config: Any) -> list[str]:
     from ocrjobs.detection.predictor import DetectionPredictor
     from ocrjobs.recognition.ensemble import Member
 
-    overrides: dict[str, Any] = {}
-    if config.detector.limit_side is not None:
-        overrides["limit_side"] = config.detector.limit_side
-    detector = DetectionPredictor.from_model_dir(config.detector.model, **overrides)
+    detector = DetectionPredictor.from_model_dir(
+        config.detector.model, **config.detector.predictor_overrides()
+    )
     lines = [f"Detector: {detector.name}@{detector.version} ({config.detector.model})"]
     sections = [("Recognizer", m, "recognition") for m in config.members]
     sections += [("Formula", m, "latex") for m in config.formulas]

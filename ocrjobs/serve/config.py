@@ -184,6 +184,12 @@ class _ModelSettings(_DeploymentSettings):
     onnx_providers: list[str] | None = None
     torch_threads: int | None = Field(default=None, ge=1)
 
+    def predictor_overrides(self) -> dict[str, Any]:
+        """The ``from_model_dir`` overrides of this deployment's predictor (what replicas load)."""
+        from ocrjobs.pipeline import predictor_overrides
+
+        return predictor_overrides(self.amp, self.backend, self.onnx_providers, self.model_batch_size)
+
     @model_validator(mode="after")
     def _batches_fit(self) -> _ModelSettings:
         if self.max_ongoing_requests < self.max_batch_size:
@@ -207,6 +213,13 @@ class DetectorConfig(_ModelSettings):
     max_batch_size: int = Field(default=4, ge=1)
     batch_wait_timeout_s: float = Field(default=0.02, ge=0)
     max_ongoing_requests: int = Field(default=8, ge=1)
+
+    def predictor_overrides(self) -> dict[str, Any]:
+        """The detector's ``from_model_dir`` overrides, ``limit_side`` included when set."""
+        overrides = super().predictor_overrides()
+        if self.limit_side is not None:
+            overrides["limit_side"] = self.limit_side
+        return overrides
 
 
 class MemberConfig(_ModelSettings):
@@ -242,14 +255,10 @@ class MemberConfig(_ModelSettings):
 
     def predictor_overrides(self) -> dict[str, Any]:
         """Predictor settings this config changes (``RecognitionPredictor.from_model_dir`` overrides)."""
-        overrides: dict[str, Any] = {"amp": self.amp, "backend": self.backend}
+        overrides = super().predictor_overrides()
         for key in ("decoder", "beam_width"):
             if getattr(self, key) is not None:
                 overrides[key] = getattr(self, key)
-        if self.model_batch_size is not None:
-            overrides["batch_size"] = self.model_batch_size
-        if self.onnx_providers is not None:
-            overrides["onnx_providers"] = list(self.onnx_providers)
         return overrides
 
 
