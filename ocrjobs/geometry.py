@@ -28,6 +28,7 @@ from shapely.geometry import Polygon
 __all__ = [
     "clip_polygon",
     "crop_polygon",
+    "crop_quad",
     "expand_shrunk_polygon",
     "min_area_quad",
     "order_quad",
@@ -36,6 +37,7 @@ __all__ = [
     "polygon_perimeter",
     "reading_order",
     "shrink_polygon",
+    "span_quad",
     "unclip_polygon",
 ]
 
@@ -279,6 +281,42 @@ def clip_polygon(poly: np.ndarray, width: int, height: int) -> np.ndarray:
     return p
 
 
+def crop_quad(
+    polygon: np.ndarray | Sequence[Sequence[float]], vertical_ratio: float | None = 1.5
+) -> np.ndarray:
+    """The quad :func:`crop_polygon` maps onto its crop, corners in the crop's order: its top-left,
+    top-right, bottom-right and bottom-left (see the orientation rule there).
+
+    Raises:
+        ValueError: ``polygon`` has fewer than 3 points.
+    """
+    p = _as_points(polygon)
+    if len(p) < 3:
+        raise ValueError(f"crop_polygon needs at least 3 points, got {len(p)}")
+    quad = order_quad(p) if len(p) == 4 else min_area_quad(p)
+    sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)  # top, right, bottom, left
+    width_px, height_px = (sides[0] + sides[2]) / 2.0, (sides[1] + sides[3]) / 2.0
+    if vertical_ratio is not None and height_px > vertical_ratio * width_px:
+        # The long edges are right (tr -> br, start 1) and left (bl -> tl, start 3): the one with the
+        # larger rightward component becomes the top edge.
+        start = 1 if quad[2, 0] - quad[1, 0] >= quad[0, 0] - quad[3, 0] else 3
+        quad = np.roll(quad, -start, axis=0)
+    return quad
+
+
+def span_quad(quad: np.ndarray, start: float, end: float) -> np.ndarray:
+    """The part of a crop's quad (:func:`crop_quad`) between fractions ``start`` and ``end`` of the
+    crop's width, in image coordinates (perspective-correct, as :func:`crop_polygon` warps).
+
+    >>> span_quad(np.array([[0, 0], [100, 0], [100, 20], [0, 20]], np.float32), 0.25, 0.5).tolist()
+    [[25.0, 0.0], [50.0, 0.0], [50.0, 20.0], [25.0, 20.0]]
+    """
+    unit = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=np.float32)
+    transform = cv2.getPerspectiveTransform(unit, np.asarray(quad, np.float32))
+    points = np.array([[[start, 0.0], [end, 0.0], [end, 1.0], [start, 1.0]]], dtype=np.float32)
+    return cv2.perspectiveTransform(points, transform)[0].astype(np.float32)
+
+
 def crop_polygon(
     image: np.ndarray,
     polygon: np.ndarray,
@@ -309,20 +347,11 @@ def crop_polygon(
     Raises:
         ValueError: ``polygon`` has fewer than 3 points or ``height`` is below 1.
     """
-    p = _as_points(polygon)
-    if len(p) < 3:
-        raise ValueError(f"crop_polygon needs at least 3 points, got {len(p)}")
     if height is not None and height < 1:
         raise ValueError(f"crop height must be >= 1, got {height}")
-    quad = order_quad(p) if len(p) == 4 else min_area_quad(p)
+    quad = crop_quad(polygon, vertical_ratio)
     sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)  # top, right, bottom, left
     width_px, height_px = (sides[0] + sides[2]) / 2.0, (sides[1] + sides[3]) / 2.0
-    if vertical_ratio is not None and height_px > vertical_ratio * width_px:
-        # The long edges are right (tr -> br, start 1) and left (bl -> tl, start 3): the one with the
-        # larger rightward component becomes the top edge.
-        start = 1 if quad[2, 0] - quad[1, 0] >= quad[0, 0] - quad[3, 0] else 3
-        quad = np.roll(quad, -start, axis=0)
-        width_px, height_px = height_px, width_px
     out_w, out_h = round(width_px), round(height_px)
     if height is not None and out_w >= 1 and out_h >= 1:
         out_w, out_h = max(1, round(width_px * height / height_px)), height

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from ocrjobs.geometry import crop_polygon
-from ocrjobs.results import Line
+from ocrjobs.results import Line, Word, words_from_spans
 
 if TYPE_CHECKING:
     from ocrjobs.detection.predictor import DetectedRegion
@@ -139,6 +139,18 @@ def _members(reading: Any) -> list[dict[str, Any]] | None:
     return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in members]
 
 
+def _words(reading: Any, polygon: Any) -> list[Word] | None:
+    """A line's word boxes from where its recognizer read each character (CTC models), else
+    ``None`` (exporters then split the line in proportion to its text)."""
+    spans = getattr(reading, "char_spans", None)
+    if spans is None or len(spans) != len(reading.text):
+        return None
+    scores = getattr(reading, "char_scores", None)
+    if scores is not None and len(scores) != len(reading.text):
+        scores = None
+    return words_from_spans(reading.text, polygon, spans, scores, float(reading.score))
+
+
 def assemble_lines(
     polygons: Sequence[Any],
     det_scores: Sequence[float | None],
@@ -168,6 +180,7 @@ def assemble_lines(
                 det_score=None if det is None else float(det),
                 rec_score=score,
                 members=_members(reading),
+                words=_words(reading, polygon),
             )
         )
     return lines

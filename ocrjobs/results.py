@@ -65,6 +65,7 @@ __all__ = [
     "to_jsonl",
     "to_searchable_pdf",
     "to_text",
+    "words_from_spans",
 ]
 
 ALTO_NAMESPACE = "http://www.loc.gov/standards/alto/ns-v4#"
@@ -228,7 +229,7 @@ class Line(_Equal):
                 instead of flat float lists (the Parquet form).
 
         Returns:
-            A dict; ``words`` appears only when the line has stored words.
+            A dict (``words`` null when the line has no stored words).
         """
         row: dict[str, Any] = {
             "polygon": _points_json(self.polygon) if points else self.polygon.reshape(-1).tolist(),
@@ -236,6 +237,7 @@ class Line(_Equal):
             "det_score": self.det_score,
             "rec_score": self.rec_score,
             "members": None if self.members is None else [dict(m) for m in self.members],
+            "words": None,
         }
         if self.words is not None:
             words = [w.to_row() for w in self.words]
@@ -433,6 +435,58 @@ def split_words(text: str, polygon: np.ndarray | Sequence[Any], score: float | N
         a, b = match.start() / n, match.end() / n
         quad = np.stack([tl + (tr - tl) * a, tl + (tr - tl) * b, bl + (br - bl) * b, bl + (br - bl) * a])
         words.append(Word(text=match.group(), polygon=quad.astype(np.float32), score=score))
+    return words
+
+
+def words_from_spans(
+    text: str,
+    polygon: np.ndarray | Sequence[Any],
+    spans: Sequence[tuple[float, float]],
+    char_scores: Sequence[float] | None = None,
+    score: float | None = None,
+) -> list[Word]:
+    """Word boxes from where the recognizer read each character (a CTC model's alignment).
+
+    ``spans[k]`` is where character ``k`` of ``text`` lies along the line's crop, as fractions of the
+    crop's width (``RecognizedText.char_spans``). A CTC model emits each character on a frame or two
+    inside its ink, and emits the space between two words inside the gap between them, so a word
+    reaches from the end of the whitespace before it to the start of the whitespace after it; the
+    first word starts at the line's start and the last ends at its end. The crop's orientation is
+    that of :func:`ocrjobs.geometry.crop_quad`, so words of slanted and vertical lines follow them.
+
+    Args:
+        text: the line's text.
+        polygon: the line's polygon in page pixels (the detected region the crop was cut from).
+        spans: one ``(start, end)`` per character of ``text``.
+        char_scores: one confidence per character; a word's score is their mean.
+        score: the score of every word when ``char_scores`` is not given.
+
+    Returns:
+        One :class:`Word` per whitespace-separated token, in reading order.
+
+    Raises:
+        ValueError: ``spans`` (or ``char_scores``) and ``text`` differ in length.
+
+    >>> quad = [[0, 0], [100, 0], [100, 10], [0, 10]]
+    >>> spans = [(0.1, 0.12), (0.2, 0.22), (0.4, 0.5), (0.6, 0.62), (0.7, 0.72)]
+    >>> [(w.text, [round(v) for v in w.bbox]) for w in words_from_spans("ab cd", quad, spans)]
+    [('ab', [0, 0, 40, 10]), ('cd', [50, 0, 100, 10])]
+    """
+    from ocrjobs.geometry import crop_quad, span_quad
+
+    if len(spans) != len(text) or (char_scores is not None and len(char_scores) != len(text)):
+        raise ValueError(f"{len(text)} characters but {len(spans)} spans / {len(char_scores or [])} scores")
+    quad = crop_quad(_as_polygon(polygon))
+    words = []
+    for match in _WORD.finditer(text):
+        a, b = match.start(), match.end()
+        start = spans[a - 1][1] if a > 0 else 0.0
+        end = spans[b][0] if b < len(text) else 1.0
+        if end <= start:  # crowded frames: fall back to the word's own characters
+            start, end = spans[a][0], spans[b - 1][1]
+        start, end = min(max(start, 0.0), 1.0), min(max(end, 0.0), 1.0)
+        word_score = float(np.mean(char_scores[a:b])) if char_scores is not None else score
+        words.append(Word(text=match.group(), polygon=span_quad(quad, start, end), score=word_score))
     return words
 
 

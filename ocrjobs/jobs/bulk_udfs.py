@@ -71,6 +71,7 @@ __all__ = [
     "OUTPUT_SCHEMA",
     "RESULT_SCHEMA",
     "TIMING_COLUMNS",
+    "WORD_TYPE",
     "DetectStage",
     "RecognizeStage",
     "read_pages",
@@ -105,10 +106,21 @@ MEMBER_TYPE = pa.struct(
     ]
 )
 
+# One word of a line: its text, its quad (flat, page pixels) and confidence. Lines read by a CTC model
+# carry the words its alignment places (ocrjobs.results.words_from_spans); other lines have none.
+WORD_TYPE = pa.struct(
+    [
+        pa.field("text", pa.string()),
+        pa.field("polygon", pa.list_(pa.float32())),
+        pa.field("score", pa.float32()),
+    ]
+)
+
 # One recognised line. The polygon is flat ``[x0, y0, x1, y1, ...]`` in original image pixels;
 # det_score is null for ``task: recognize`` and ``latex`` (nothing was detected: the whole image is the
 # line). With an ensemble of recognizers, ``text``/``rec_score`` are the ensemble's and ``members``
-# holds each member's reading in member order; with one recognizer ``members`` is null.
+# holds each member's reading in member order; with one recognizer ``members`` is null. ``words``: the
+# line's WORD_TYPE words where the recognizer placed them, else null.
 LINE_TYPE = pa.struct(
     [
         pa.field("polygon", pa.list_(pa.float32())),
@@ -116,6 +128,7 @@ LINE_TYPE = pa.struct(
         pa.field("det_score", pa.float32()),
         pa.field("rec_score", pa.float32()),
         pa.field("members", pa.list_(MEMBER_TYPE)),
+        pa.field("words", pa.list_(WORD_TYPE)),
     ]
 )
 

@@ -71,12 +71,16 @@ class Hypothesis:
         text: ``tokenizer.decode(ids)``.
         char_scores: one confidence in ``[0, 1]`` per id (see the module docstring).
         score: line confidence in ``[0, 1]`` (see the module docstring).
+        frames: CTC decoders: the first and last frame of each character on its most probable
+            alignment (the best path for greedy decoding, the Viterbi alignment of the text for beam
+            search); ``None`` from attention decoders. Word boxes come from these.
     """
 
     ids: list[int]
     text: str
     char_scores: list[float]
     score: float
+    frames: list[tuple[int, int]] | None = None
 
 
 # ---------------------------------------------------------------- sequence scores
@@ -160,6 +164,11 @@ def ctc_greedy_decode(logits: torch.Tensor, tokenizer: Tokenizer) -> list[Hypoth
     emit = run_start & (best != _BLANK)  # [b, T]: one frame per output character
     lengths = emit.sum(dim=1)
     char_peak = run_peak.gather(1, run_id)[emit]  # [n_chars] in sample order
+    # Each character's frames: its run, from the emitting frame to the run's last frame.
+    run_len = torch.zeros_like(run_id).scatter_add(1, run_id, torch.ones_like(run_id))
+    first = torch.arange(t, device=logits.device).expand(b, t)[emit]
+    last = first + run_len.gather(1, run_id)[emit] - 1
+    split_frames = torch.split(torch.stack([first, last], dim=1), lengths.tolist())
     targets = torch.zeros(b, max([1, *lengths.tolist()]), dtype=torch.long, device=logits.device)
     rows = torch.arange(b, device=logits.device).unsqueeze(1).expand(b, t)
     slots = emit.long().cumsum(dim=1) - 1
@@ -169,7 +178,8 @@ def ctc_greedy_decode(logits: torch.Tensor, tokenizer: Tokenizer) -> list[Hypoth
     split_scores = torch.split(char_peak, lengths.tolist())
     for i in range(b):
         ids = targets[i, : int(lengths[i])].tolist()
-        out.append(Hypothesis(ids, tokenizer.decode(ids), split_scores[i].tolist(), float(scores[i])))
+        frames = [(int(a), int(z)) for a, z in split_frames[i].tolist()]
+        out.append(Hypothesis(ids, tokenizer.decode(ids), split_scores[i].tolist(), float(scores[i]), frames))
     return out
 
 
@@ -258,10 +268,13 @@ class _Fusion:
         return acoustic + score + self.weight * self.lm.end_step(state)
 
 
-def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
-    """Per-character peak probability along the most probable (Viterbi) alignment of ``ids``."""
+def _ctc_alignment(
+    log_probs: np.ndarray, ids: Sequence[int]
+) -> tuple[list[float], list[tuple[int, int]] | None]:
+    """Per-character peak probability and first/last frame along the most probable (Viterbi)
+    alignment of ``ids`` (frames ``None`` when ``ids`` cannot be aligned in the frames)."""
     if not ids:
-        return []
+        return [], []
     n_frames = log_probs.shape[0]
     states = np.zeros(2 * len(ids) + 1, dtype=np.int64)  # blank, id0, blank, id1, ..., blank
     states[1::2] = ids
@@ -285,15 +298,18 @@ def _ctc_char_scores(log_probs: np.ndarray, ids: Sequence[int]) -> list[float]:
         dp = choices.max(axis=0) + emit[t]
     end = n - 1 if n == 1 or dp[n - 1] >= dp[n - 2] else n - 2
     if not np.isfinite(dp[end]):
-        return [0.0] * len(ids)
+        return [0.0] * len(ids), None
     scores = np.zeros(len(ids))
+    frames = [[n_frames, -1] for _ in ids]
     state = end
     for t in range(n_frames - 1, -1, -1):
         if state % 2 == 1:
             k = state // 2
             scores[k] = max(scores[k], math.exp(emit[t, state]))
+            frames[k][0] = min(frames[k][0], t)
+            frames[k][1] = max(frames[k][1], t)
         state -= back[t, state]
-    return scores.tolist()
+    return scores.tolist(), [(a, z) for a, z in frames]
 
 
 def ctc_beam_search(
@@ -357,10 +373,11 @@ def ctc_beam_search(
     for i, ids in enumerate(best):
         targets[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     scores = ctc_log_likelihood(logits, targets.to(logits.device), lengths.to(logits.device)).exp().tolist()
-    return [
-        Hypothesis(list(ids), tokenizer.decode(list(ids)), _ctc_char_scores(sample, ids), score)
-        for ids, sample, score in zip(best, lp, scores, strict=True)
-    ]
+    out = []
+    for ids, sample, score in zip(best, lp, scores, strict=True):
+        char_scores, frames = _ctc_alignment(sample, ids)
+        out.append(Hypothesis(list(ids), tokenizer.decode(list(ids)), char_scores, score, frames))
+    return out
 
 
 # ---------------------------------------------------------------- attention

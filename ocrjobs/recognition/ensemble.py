@@ -76,10 +76,13 @@ class Proposal:
         text: the decoded text.
         log_score: the member's length-normalised log-likelihood of ``text`` (``-inf``: nothing could
             be read, e.g. an empty crop).
+        char_spans: where each character lies along the crop (``RecognizedText.char_spans``; ``None``
+            from attention members).
     """
 
     text: str
     log_score: float
+    char_spans: tuple[tuple[float, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,12 +129,15 @@ class EnsembleResult:
         score: ensemble confidence in ``[0, 1]``: ``exp`` of the winner's mean score.
         members: each member's own reading, in member order.
         candidates: every candidate with its scores, best first.
+        char_spans: the character spans of the first proposal of the winning text that has them
+            (word boxes), ``None`` if none has.
     """
 
     text: str
     score: float
     members: tuple[MemberOutput, ...]
     candidates: tuple[Candidate, ...] = field(default=())
+    char_spans: tuple[tuple[float, float], ...] | None = None
 
 
 class SyncMember(Protocol):
@@ -225,7 +231,10 @@ class Member:
             One proposal per crop; its ``log_score`` is ``log`` of the predictor's line confidence, which
             is the length-normalised log-likelihood :meth:`score` gives the same text.
         """
-        return [Proposal(r.text, _log(r.score)) for r in self.predictor(crops)]
+        return [
+            Proposal(r.text, _log(r.score), None if r.char_spans is None else tuple(r.char_spans))
+            for r in self.predictor(crops)
+        ]
 
     def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """Round 2: length-normalised log-likelihood of each crop's candidate texts under this member.
@@ -375,6 +384,7 @@ def combine(
             reverse=True,
         )
         winner = candidates[ranked[0]]
+        spans = next((p.char_spans for p in own if p.text == winner.text and p.char_spans is not None), None)
         results.append(
             EnsembleResult(
                 text=winner.text,
@@ -383,6 +393,7 @@ def combine(
                     MemberOutput(n, p.text, _exp(p.log_score)) for n, p in zip(names, own, strict=True)
                 ),
                 candidates=tuple(candidates[k] for k in ranked),
+                char_spans=spans,
             )
         )
     return results

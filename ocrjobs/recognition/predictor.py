@@ -84,11 +84,17 @@ class RecognizedText:
         score: line confidence in ``[0, 1]``: ``exp`` of the length-normalised log-likelihood of
             ``text`` (see ``ocrjobs.recognition.decode``); 0 for an empty crop.
         char_scores: one confidence per character of ``text``.
+        char_spans: CTC models: where each character of ``text`` lies along the crop, as
+            ``(start, end)`` fractions of the crop's width (from its frames on the most probable
+            alignment; a character's frames cover only part of its ink); ``None`` from attention
+            models, for crops turned upright by :func:`orient_crop`, or when ``text`` has a
+            character per several labels.
     """
 
     text: str
     score: float
     char_scores: list[float]
+    char_spans: list[tuple[float, float]] | None = None
 
 
 def orient_crop(crop: np.ndarray, min_aspect: float = MIN_ASPECT) -> np.ndarray:
@@ -329,9 +335,25 @@ class RecognitionPredictor:
         """
         results = [RecognizedText("", 0.0, []) for _ in crops]
         for indices, batch in self._batches(crops):
-            for i, hyp in zip(indices, self._decode(batch), strict=True):
-                results[i] = RecognizedText(hyp.text, hyp.score, hyp.char_scores)
+            hyps, n_frames = self._decode(batch)
+            for i, hyp in zip(indices, hyps, strict=True):
+                spans = self._char_spans(hyp, crops[i], batch.shape[-1], n_frames)
+                results[i] = RecognizedText(hyp.text, hyp.score, hyp.char_scores, spans)
         return results
+
+    def _char_spans(
+        self, hyp: Hypothesis, crop: np.ndarray, batch_width: int, n_frames: int
+    ) -> list[tuple[float, float]] | None:
+        """A CTC hypothesis's character frames as fractions of the crop's width (see
+        :class:`RecognizedText`)."""
+        if hyp.frames is None or len(hyp.frames) != len(hyp.text) or orient_crop(crop) is not crop:
+            return None
+        # The crop was resized to the model height (width squeezed to at most self.width) and padded
+        # on the right to the batch width; frame t covers [t, t + 1) * batch_width / n_frames.
+        h, w = crop.shape[:2]
+        resized = min(self.width, max(1, round(w * self.height / h)))
+        step = batch_width / n_frames / resized
+        return [(min(1.0, a * step), min(1.0, (z + 1) * step)) for a, z in hyp.frames]
 
     def score(self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]) -> list[list[float]]:
         """Length-normalised log-likelihood of candidate texts under this model (ensemble scoring).
@@ -415,17 +437,20 @@ class RecognitionPredictor:
             width = self.width if fixed else ctc_batch_width(images[-1].shape[1])
             yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
 
-    def _decode(self, batch: torch.Tensor) -> list[Hypothesis]:
+    def _decode(self, batch: torch.Tensor) -> tuple[list[Hypothesis], int]:
+        """The batch's hypotheses and its number of CTC frames (0 for attention models)."""
         with self._inference():
             if isinstance(self.model, AttentionRecognizer):
                 if self.decoder == "beam":
-                    return attention_beam_search(
+                    hyps = attention_beam_search(
                         self.model, batch, self.tokenizer, self.beam_width, self.max_len
                     )
-                return attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
+                else:
+                    hyps = attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
+                return hyps, 0
             logits = self._logits(batch)
             if self.decoder == "beam":
-                return ctc_beam_search(
+                hyps = ctc_beam_search(
                     logits,
                     self.tokenizer,
                     self.beam_width,
@@ -434,7 +459,9 @@ class RecognitionPredictor:
                     self.length_bonus,
                     self.beam_confident,
                 )
-            return ctc_greedy_decode(logits, self.tokenizer)
+            else:
+                hyps = ctc_greedy_decode(logits, self.tokenizer)
+            return hyps, int(logits.shape[1])
 
     # ------------------------------------------------------------ model folders
 

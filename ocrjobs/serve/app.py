@@ -287,6 +287,14 @@ class CandidateScore(BaseModel):
     member_scores: list[float] = Field(description="each member's confidence in this text, member order")
 
 
+class WordOut(BaseModel):
+    """One word of a line, where the recognizer read it."""
+
+    text: str
+    polygon: list[list[float]] = Field(description="[[x, y], ...] quad in image pixels")
+    score: float | None = Field(default=None, description="mean confidence of the word's characters")
+
+
 class LineOut(BaseModel):
     """One detected and recognised text line."""
 
@@ -295,6 +303,10 @@ class LineOut(BaseModel):
     score: float = Field(description="recognition confidence of the ensemble's text, in [0, 1]")
     det_score: float = Field(description="detection score of the region, in [0, 1]")
     members: list[MemberReading]
+    words: list[WordOut] | None = Field(
+        default=None,
+        description="the line's words where a CTC member's alignment places them (null otherwise)",
+    )
 
 
 class ModelVersions(BaseModel):
@@ -607,7 +619,7 @@ def _image_route(route: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[
 
 def _result_pages(result: OcrResponse | DocumentOcrResponse) -> list[Any]:
     """An answer of ``/v1/ocr`` as the document model's pages (:mod:`ocrjobs.results`)."""
-    from ocrjobs.results import Line, Page
+    from ocrjobs.results import Page, Word
 
     def lines(out: Sequence[LineOut]) -> list[Line]:
         return [
@@ -616,6 +628,12 @@ def _result_pages(result: OcrResponse | DocumentOcrResponse) -> list[Any]:
                 text=ln.text,
                 det_score=ln.det_score,
                 rec_score=ln.score,
+                words=None
+                if ln.words is None
+                else [
+                    Word(text=w.text, polygon=np.asarray(w.polygon, np.float32), score=w.score)
+                    for w in ln.words
+                ],
             )
             for ln in out
         ]
@@ -694,6 +712,12 @@ def _line_out(line: Line) -> LineOut:
         score=float(line.rec_score or 0.0),
         det_score=float(line.det_score or 0.0),
         members=[MemberReading(**m) for m in line.members or []],
+        words=None
+        if line.words is None
+        else [
+            WordOut(text=w.text, polygon=np.asarray(w.polygon, np.float64).round(2).tolist(), score=w.score)
+            for w in line.words
+        ],
     )
 
 
