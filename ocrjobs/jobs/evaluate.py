@@ -441,7 +441,7 @@ def _load_members(paths: list[str], device: str, task: str, backend: str = "auto
     load: Callable[..., RecognitionPredictor] = RecognitionPredictor.from_model_dir
     if task == "latex":
         # Refuses a folder that reads text lines rather than formulas.
-        from ocrjobs.recognition.latex import latex_predictor_from_model_dir
+        from ocrjobs.recognition.predictor import latex_predictor_from_model_dir
 
         load = latex_predictor_from_model_dir
     members = [

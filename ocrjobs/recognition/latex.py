@@ -40,14 +40,11 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ocrjobs.recognition.tokenizer import Decoding, UnknownCharacterError, UnknownPolicy
-
-if TYPE_CHECKING:
-    from ocrjobs.recognition.predictor import RecognitionPredictor
 
 __all__ = [
     "LATEX",
@@ -56,7 +53,6 @@ __all__ = [
     "LatexVocabulary",
     "UnknownTokenError",
     "build_vocabulary",
-    "latex_predictor_from_model_dir",
     "normalize_latex",
     "read_vocabulary",
     "tokenize_latex",
@@ -448,35 +444,3 @@ class LatexTokenizer:
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Predicted ids to a space-separated formula, stopping at the first EOS."""
         return " ".join(self.tokens(ids))
-
-
-# ---------------------------------------------------------------------------------------------------
-# model folders
-
-
-def latex_predictor_from_model_dir(
-    path: str | Path, device: str | torch.device = "cpu", **overrides: Any
-) -> RecognitionPredictor:
-    """Load a formula model folder (``charset: {name: latex, tokens: [...]}``) as a predictor.
-
-    ``RecognitionPredictor.from_model_dir`` loads both kinds of folder; this one also refuses a folder
-    that reads text lines rather than formulas (so a formula job never runs a line model by mistake).
-
-    Args:
-        path: the folder (local path or ``s3://``).
-        device: torch device.
-        **overrides: constructor arguments that win over the folder's settings (e.g. ``decoder``).
-
-    Returns:
-        The predictor, model in eval mode on ``device``, with a :class:`LatexTokenizer`.
-
-    Raises:
-        ConfigError: the folder is not a formula model.
-    """
-    from ocrjobs.config import ConfigError
-    from ocrjobs.recognition.predictor import RecognitionPredictor
-
-    predictor = RecognitionPredictor.from_model_dir(path, device=device, **overrides)
-    if not isinstance(predictor.tokenizer, LatexTokenizer):
-        raise ConfigError(f"{path}: not a LaTeX model folder (its vocabulary is a character charset)")
-    return predictor

@@ -49,9 +49,11 @@ from ocrjobs.recognition.decode import (
     ctc_greedy_decode,
     ctc_log_likelihood,
 )
+from ocrjobs.recognition.latex import LatexTokenizer
 from ocrjobs.recognition.lm import LM_FILE, CharNgramLM
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwargs, build_recognizer
-from ocrjobs.recognition.tokenizer import Tokenizer, make_tokenizer, vocabulary_from_dict
+from ocrjobs.recognition.tokenizer import Tokenizer
+from ocrjobs.recognition.vocab import make_tokenizer, vocabulary_from_dict
 from ocrjobs.registry import ModelSpec, read_model_dir, write_model_dir
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "RecognitionPredictor",
     "RecognizedText",
     "ctc_batch_width",
+    "latex_predictor_from_model_dir",
     "orient_crop",
     "resize_crop",
     "to_batch",
@@ -573,3 +576,28 @@ class RecognitionPredictor:
         if self.lm is not None:
             storage.write_text(storage.join(out, LM_FILE), self.lm.to_json())
         return out
+
+
+def latex_predictor_from_model_dir(
+    path: str | Path, device: str | torch.device = "cpu", **overrides: Any
+) -> RecognitionPredictor:
+    """Load a formula model folder (``charset: {name: latex, tokens: [...]}``) as a predictor.
+
+    ``RecognitionPredictor.from_model_dir`` loads both kinds of folder; this one also refuses a folder
+    that reads text lines rather than formulas (so a formula job never runs a line model by mistake).
+
+    Args:
+        path: the folder (local path or ``s3://``).
+        device: torch device.
+        **overrides: constructor arguments that win over the folder's settings (e.g. ``decoder``).
+
+    Returns:
+        The predictor, model in eval mode on ``device``, with a :class:`LatexTokenizer`.
+
+    Raises:
+        ConfigError: the folder is not a formula model.
+    """
+    predictor = RecognitionPredictor.from_model_dir(path, device=device, **overrides)
+    if not isinstance(predictor.tokenizer, LatexTokenizer):
+        raise ConfigError(f"{path}: not a LaTeX model folder (its vocabulary is a character charset)")
+    return predictor

@@ -36,12 +36,9 @@ import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import torch
-
-if TYPE_CHECKING:
-    from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary
 
 __all__ = [
     "CHARSETS",
@@ -53,8 +50,6 @@ __all__ = [
     "Tokenizer",
     "UnknownCharacterError",
     "UnknownPolicy",
-    "make_tokenizer",
-    "vocabulary_from_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -328,53 +323,3 @@ TOKENIZERS: dict[Decoding, type[CTCTokenizer] | type[AttentionTokenizer]] = {
     "ctc": CTCTokenizer,
     "attention": AttentionTokenizer,
 }
-
-
-def make_tokenizer(
-    decoding: Decoding, charset: Charset | LatexVocabulary, unknown: UnknownPolicy = "error"
-) -> CTCTokenizer | AttentionTokenizer | LatexTokenizer:
-    """The tokenizer a model of the given decoding kind uses.
-
-    Args:
-        decoding: ``"ctc"`` or ``"attention"`` (a recogniser's ``decoding`` attribute).
-        charset: the vocabulary: a :class:`Charset`, or a ``LatexVocabulary`` (attention models only).
-        unknown: the unknown-character (or unknown-token) policy.
-
-    Returns:
-        A :class:`CTCTokenizer` or :class:`AttentionTokenizer`; a ``LatexTokenizer`` for a LaTeX
-        vocabulary.
-
-    Raises:
-        ValueError: an unknown decoding kind, or a LaTeX vocabulary for a CTC model.
-    """
-    if decoding not in TOKENIZERS:
-        raise ValueError(f"unknown decoding {decoding!r}; known: {sorted(TOKENIZERS)}")
-    if not isinstance(charset, Charset):
-        from ocrjobs.recognition.latex import LatexTokenizer
-
-        if decoding != "attention":
-            raise ValueError(f"a LaTeX vocabulary needs an attention model, not {decoding!r}")
-        return LatexTokenizer(charset, unknown=unknown)
-    return TOKENIZERS[decoding](charset=charset, unknown=unknown)
-
-
-def vocabulary_from_dict(data: dict[str, Any]) -> Charset | LatexVocabulary:
-    """Read any vocabulary dict: a LaTeX token vocabulary when ``name`` is ``latex``, else a charset.
-
-    Args:
-        data: ``ModelSpec.charset`` or a config's ``model.charset``.
-
-    Returns:
-        A ``LatexVocabulary`` (see ``LatexVocabulary.from_dict``) or a :class:`Charset`.
-
-    Raises:
-        ValueError: the dict is not a valid vocabulary of either kind.
-
-    >>> vocabulary_from_dict({"name": "latex", "tokens": ["x", "^"]}).tokens
-    ('x', '^')
-    """
-    if data.get("name") == "latex":
-        from ocrjobs.recognition.latex import LatexVocabulary
-
-        return LatexVocabulary.from_dict(data)
-    return Charset.from_dict(data)

@@ -40,7 +40,7 @@ from ocrjobs.recognition.latex import LATEX, LatexTokenizer, LatexVocabulary
 from ocrjobs.recognition.losses import attention_loss, bracket_penalty, formula_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
 from ocrjobs.recognition.predictor import RecognitionPredictor
-from ocrjobs.recognition.tokenizer import vocabulary_from_dict
+from ocrjobs.recognition.vocab import vocabulary_from_dict
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.recognition import line_images, line_predictor

@@ -26,7 +26,8 @@ from ocrjobs.recognition.decode import attention_greedy_decode, ctc_greedy_decod
 from ocrjobs.recognition.losses import attention_loss, case_pairs, ctc_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
 from ocrjobs.recognition.predictor import RecognitionPredictor, ctc_batch_width
-from ocrjobs.recognition.tokenizer import Charset, Tokenizer, make_tokenizer
+from ocrjobs.recognition.tokenizer import Charset, Tokenizer
+from ocrjobs.recognition.vocab import make_tokenizer
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.rows import RecognitionRows

@@ -19,7 +19,8 @@ from ocrjobs.geometry import crop_polygon
 from ocrjobs.images import read_image
 from ocrjobs.recognition.models import build_recognizer
 from ocrjobs.recognition.predictor import RecognitionPredictor
-from ocrjobs.recognition.tokenizer import CTCTokenizer, make_tokenizer
+from ocrjobs.recognition.tokenizer import CTCTokenizer
+from ocrjobs.recognition.vocab import make_tokenizer
 
 pytest.importorskip("onnxruntime")
 

@@ -67,7 +67,8 @@ def test_case_is_learnt_from_cased_rows_while_capital_labels_of_the_same_print_a
     The "model" is free per-frame logits shared by the four rows (the same image), so the test is about
     what the loss teaches, not about a network's capacity."""
     from ocrjobs.recognition.decode import ctc_greedy_decode
-    from ocrjobs.recognition.tokenizer import Charset, make_tokenizer
+    from ocrjobs.recognition.tokenizer import Charset
+    from ocrjobs.recognition.vocab import make_tokenizer
 
     tokenizer = make_tokenizer("ctc", Charset(CHARS))
     targets, lengths = tokenizer.encode(["ab", "AB", "AB", "AB"])

@@ -22,15 +22,16 @@ import torch
 
 from ocrjobs.data.formulas import render_formula
 from ocrjobs.jobs.evaluate import EvalConfig, evaluate
-from ocrjobs.recognition.latex import (
-    LatexTokenizer,
-    LatexVocabulary,
-    build_vocabulary,
-    latex_predictor_from_model_dir,
-)
+from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary, build_vocabulary
 from ocrjobs.recognition.losses import bracket_penalty, formula_loss
 from ocrjobs.recognition.models import build_recognizer
-from ocrjobs.recognition.predictor import RecognitionPredictor, orient_crop, resize_crop, to_batch
+from ocrjobs.recognition.predictor import (
+    RecognitionPredictor,
+    latex_predictor_from_model_dir,
+    orient_crop,
+    resize_crop,
+    to_batch,
+)
 from ocrjobs.registry import read_model_dir, write_model_dir
 
 FORMULAS = [

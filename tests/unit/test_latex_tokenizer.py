@@ -26,9 +26,8 @@ from ocrjobs.recognition.tokenizer import (
     Charset,
     Tokenizer,
     UnknownCharacterError,
-    make_tokenizer,
-    vocabulary_from_dict,
 )
+from ocrjobs.recognition.vocab import make_tokenizer, vocabulary_from_dict
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from ocrjobs.recognition.aster import ASTER, AttentionRecognizer
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import ARCHS, Recognizer, arch_kwargs, build_recognizer
 from ocrjobs.recognition.satrn import SATRN
-from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset, make_tokenizer
+from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset
+from ocrjobs.recognition.vocab import make_tokenizer
 
 NUM_CLASSES = 96
 

@@ -24,7 +24,8 @@ from ocrjobs.config import ConfigError
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import ARCHS, AttentionRecognizer, build_recognizer
 from ocrjobs.recognition.predictor import MIN_ASPECT, RecognitionPredictor, orient_crop, resize_crop, to_batch
-from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset, CTCTokenizer, make_tokenizer
+from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset, CTCTokenizer
+from ocrjobs.recognition.vocab import make_tokenizer
 from ocrjobs.registry import ModelSpec, write_model_dir
 from tests.unit.test_recognition_models import TINY
 

@@ -14,8 +14,8 @@ from ocrjobs.recognition.tokenizer import (
     Charset,
     CTCTokenizer,
     UnknownCharacterError,
-    make_tokenizer,
 )
+from ocrjobs.recognition.vocab import make_tokenizer
 
 TEXTS = ["Total: 12.50", "", "a", "RM 3,00 (GST 6%)", "  spaces  "]
 
