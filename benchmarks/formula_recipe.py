@@ -1,7 +1,7 @@
 """Step time of candidate formula (image -> LaTeX) recipes on this machine, before any long run.
 
 For each candidate it builds the model, reads real im2latex train images, prepares them as training
-does (:class:`~ocrjobs.data.formulas.FormulaRows`: turned, scaled to the candidate's height, squeezed to
+does (:class:`~ocrjobs.training.rows.FormulaRows`: turned, scaled to the candidate's height, squeezed to
 its width, collated with :func:`~ocrjobs.training.recognition.line_images`, trimmed to the widest row
 for models that read any width) and times ``--steps`` optimiser steps of the formula loss (forward,
 backward, AdamW) with ``--threads`` torch threads (a 1-CPU Ray Train worker has one). Batches are
@@ -115,7 +115,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any], int, int]] = {
 
 def _rows(height: int, width: int, count: int, max_tokens: int) -> list[dict[str, Any]]:
     from ocrjobs.data.formats import load_records
-    from ocrjobs.data.formulas import FormulaRows
+    from ocrjobs.training.rows import FormulaRows
 
     records = [r for r in load_records(str(DATA), "im2latex") if len(r.regions[0].text.split()) <= max_tokens]
     prepare = FormulaRows(height, width, augmenter=None)

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ocrjobs.images import DECODE_ERROR_REASONS, DEFAULT_MAX_PIXELS, ImageDecodeError
+from ocrjobs.limits import DEFAULT_DPI, DEFAULT_MAX_PAGES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,11 +62,6 @@ __all__ = [
     "pdf_from_images",
 ]
 
-# Rendering resolution of PDF pages (see the module docstring for why 150).
-DEFAULT_DPI = 150.0
-# Most pages of one document; more is refused whole. A 1000-page scan is a large book; a PDF claiming
-# a million pages is a mistake or an attack, not a job.
-DEFAULT_MAX_PAGES = 1000
 # Whole-file reasons beyond the image decoder's.
 DOCUMENT_ERROR_REASONS = frozenset({*DECODE_ERROR_REASONS, "encrypted", "too_many_pages"})
 

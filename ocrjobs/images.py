@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ocrjobs import storage
 from ocrjobs.config import StorageConfig
+from ocrjobs.limits import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DECODE_ERROR_REASONS",
@@ -44,9 +45,6 @@ __all__ = [
     "resize_keep_aspect",
 ]
 
-# 64 MP: an A3 page scanned at 600 dpi is ~70 MP; a receipt photo is 12 MP. One decoded 64 MP RGB
-# image is ~190 MiB, which a worker survives; ten of them in a batch still fit.
-DEFAULT_MAX_PIXELS = 64_000_000
 
 DECODE_ERROR_REASONS = frozenset({"empty", "not_an_image", "corrupt", "too_many_pixels", "unsupported"})
 

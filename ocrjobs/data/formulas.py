@@ -23,9 +23,8 @@
 * :class:`FormulaShard`: formula data sets rendered once to disk (``ocrjobs synth formulas``): item ``i``
   re-renders formula ``i mod n`` of a list (im2latex train formulas, a file of raw LaTeX) or a grammar
   formula with a renderer and font set drawn from ``(seed, i)``.
-* :class:`FormulaRows`: the CPU stage of formula training (``ocrjobs.training.latex``): im2latex records
-  and synthetic items -> fixed-size rows, preprocessed exactly as the recognition predictor does
-  (images narrower than 0.75 of their height turned 90°, height fixed, width squeezed to fit).
+
+The CPU stage of formula training that turns these into rows is ``ocrjobs.training.rows.FormulaRows``.
 
 This module imports no torch (data workers start fast); rows import the predictor's preprocessing
 lazily, as ``ocrjobs.training.rows`` does.
@@ -39,7 +38,6 @@ True
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import re
 import shutil
@@ -54,8 +52,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from ocrjobs.config import StorageConfig
-from ocrjobs.data.augment import Augmenter, gaussian_blur, gaussian_noise
+from ocrjobs.data.augment import gaussian_blur, gaussian_noise
 
 __all__ = [
     "FONTSETS",
@@ -63,7 +60,6 @@ __all__ = [
     "FormulaGenerator",
     "FormulaGrammar",
     "FormulaPlan",
-    "FormulaRows",
     "FormulaShard",
     "RenderError",
     "Renderer",
@@ -1325,79 +1321,11 @@ class FormulaShard:
         return items
 
 
-# ---------------------------------------------------------------------------------------------------
-# training rows
+def __getattr__(name: str) -> Any:
+    # FormulaRows moved to ocrjobs.training.rows; Ray pickles name a class by its module, so data tasks of
+    # a training run started before the move still find it here.
+    if name == "FormulaRows":
+        from ocrjobs.training.rows import FormulaRows
 
-
-@dataclass
-class FormulaRows:
-    """Formula items (im2latex records or synthetic formulas) -> fixed-size training rows.
-
-    Items are ``{"uri": image, "text": formula}`` or ``{"synth": "formulas", "seed", "index",
-    "options"}`` (options are :class:`FormulaGenerator` fields). With an ``augmenter`` the whole formula
-    image is augmented (its canvas grows with rotation and shear); then, as the recognition predictor
-    does, an image narrower than 0.75 of its height is turned 90° counter-clockwise, scaled to
-    ``height`` keeping its aspect ratio and squeezed to at most ``width``. Rows are padded on the right
-    with black to ``width``; ``valid_w`` says where the padding starts (collation repeats the last
-    column there, like the predictor).
-
-    Attributes:
-        height: model input height.
-        width: model input width.
-        augmenter: training augmentation (``None``: none).
-        formulas: train formulas synthetic samples may re-render.
-        vocabulary: tokens synthetic formulas may use (empty: no restriction).
-        max_tokens: longest synthetic formula (the model's ``max_len - 1``).
-        storage: S3 settings for reading images.
-    """
-
-    height: int
-    width: int
-    augmenter: Augmenter | None
-    formulas: tuple[str, ...] = ()
-    vocabulary: tuple[str, ...] = ()
-    max_tokens: int = 150
-    storage: StorageConfig = field(default_factory=StorageConfig)
-    _generators: dict[tuple[int, str], FormulaGenerator] = field(
-        default_factory=dict, init=False, repr=False, compare=False
-    )
-
-    def generator(self, seed: int, options: dict[str, Any]) -> FormulaGenerator:
-        """The (cached) generator of a synthetic source."""
-        options = {"max_tokens": self.max_tokens, **options}
-        options["max_tokens"] = min(int(options["max_tokens"]), self.max_tokens)
-        key = (seed, json.dumps(options, sort_keys=True))
-        if key not in self._generators:
-            self._generators[key] = FormulaGenerator(
-                formulas=self.formulas, vocabulary=self.vocabulary or None, seed=seed, **options
-            )
-        return self._generators[key]
-
-    def _row(self, image: np.ndarray, text: str, rng: np.random.Generator) -> dict[str, Any]:
-        from ocrjobs.images import pad_to
-        from ocrjobs.recognition.predictor import orient_crop, resize_crop
-
-        if self.augmenter is not None:
-            image, _ = self.augmenter(image, [], rng)
-        resized = resize_crop(orient_crop(image), self.height, self.width)
-        return {
-            "image": pad_to(resized, self.height, self.width),
-            "valid_w": np.int32(resized.shape[1]),
-            "text": text,
-        }
-
-    def __call__(self, batch: Batch) -> Batch:
-        """Prepare a batch of items (one row each)."""
-        from ocrjobs.images import read_image
-        from ocrjobs.training.rows import stack_rows
-
-        rng = np.random.default_rng()
-        rows = []
-        for text_item in batch["item"]:
-            item = json.loads(text_item)
-            if "synth" in item:
-                image, text = self.generator(item["seed"], item["options"]).sample(item["index"])
-            else:
-                image, text = read_image(item["uri"], self.storage), item["text"]
-            rows.append(self._row(image, text, rng))
-        return stack_rows(rows)
+        return FormulaRows
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

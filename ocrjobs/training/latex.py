@@ -3,7 +3,7 @@
 Labelled data is whole-image formula labels in the im2latex normalised token style (format ``im2latex``:
 ``read_im2latex`` gives one region per image whose text is the space-separated tokens); synthetic
 formulas (kind ``formulas``) re-render the run's own train formulas and grammar formulas
-(:class:`~ocrjobs.data.formulas.FormulaGenerator`). Rows (:class:`~ocrjobs.data.formulas.FormulaRows`)
+(:class:`~ocrjobs.data.formulas.FormulaGenerator`). Rows (:class:`~ocrjobs.training.rows.FormulaRows`)
 follow the recognition predictor's preprocessing at ``model.preprocess`` height x width, tall images
 (aspect below 0.75) turned 90°, with :data:`~ocrjobs.data.augment.FORMULA_PRESET` on train rows.
 
@@ -32,7 +32,7 @@ from torch import nn
 
 from ocrjobs.config import ConfigError
 from ocrjobs.data.augment import FORMULA_PRESET
-from ocrjobs.data.formulas import FormulaGenerator, FormulaRows
+from ocrjobs.data.formulas import FormulaGenerator
 from ocrjobs.data.records import Record
 from ocrjobs.metrics.text import latex_metrics
 from ocrjobs.recognition.decode import attention_greedy_decode
@@ -44,6 +44,7 @@ from ocrjobs.recognition.vocab import vocabulary_from_dict
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.recognition import line_images, line_predictor
+from ocrjobs.training.rows import FormulaRows
 from ocrjobs.training.task import Batch, Item, PrepareFn
 
 __all__ = ["FormulaLossConfig", "LatexTask"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,7 +23,10 @@ from ocrjobs.detection.targets import TARGET_KEYS, build_db_targets
 from ocrjobs.geometry import crop_polygon
 from ocrjobs.images import pad_to, read_image, resize_keep_aspect
 
-__all__ = ["DetectionRows", "RecognitionRows", "stack_rows"]
+if TYPE_CHECKING:
+    from ocrjobs.data.formulas import FormulaGenerator
+
+__all__ = ["DetectionRows", "FormulaRows", "RecognitionRows", "stack_rows"]
 
 Batch = dict[str, np.ndarray]
 
@@ -203,4 +206,76 @@ class RecognitionRows:
                 if crop.size == 0:
                     crop, line = np.zeros((self.height, 1, 3), np.uint8), {"text": ""}
                 rows.append(self._row(crop, line["text"], bool(item.get("anycase", False))))
+        return stack_rows(rows)
+
+
+@dataclass
+class FormulaRows:
+    """Formula items (im2latex records or synthetic formulas) -> fixed-size training rows.
+
+    Items are ``{"uri": image, "text": formula}`` or ``{"synth": "formulas", "seed", "index",
+    "options"}`` (options are :class:`FormulaGenerator` fields). With an ``augmenter`` the whole formula
+    image is augmented (its canvas grows with rotation and shear); then, as the recognition predictor
+    does, an image narrower than 0.75 of its height is turned 90° counter-clockwise, scaled to
+    ``height`` keeping its aspect ratio and squeezed to at most ``width``. Rows are padded on the right
+    with black to ``width``; ``valid_w`` says where the padding starts (collation repeats the last
+    column there, like the predictor).
+
+    Attributes:
+        height: model input height.
+        width: model input width.
+        augmenter: training augmentation (``None``: none).
+        formulas: train formulas synthetic samples may re-render.
+        vocabulary: tokens synthetic formulas may use (empty: no restriction).
+        max_tokens: longest synthetic formula (the model's ``max_len - 1``).
+        storage: S3 settings for reading images.
+    """
+
+    height: int
+    width: int
+    augmenter: Augmenter | None
+    formulas: tuple[str, ...] = ()
+    vocabulary: tuple[str, ...] = ()
+    max_tokens: int = 150
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    _generators: dict[tuple[int, str], FormulaGenerator] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def generator(self, seed: int, options: dict[str, Any]) -> FormulaGenerator:
+        """The (cached) generator of a synthetic source."""
+        from ocrjobs.data.formulas import FormulaGenerator
+
+        options = {"max_tokens": self.max_tokens, **options}
+        options["max_tokens"] = min(int(options["max_tokens"]), self.max_tokens)
+        key = (seed, json.dumps(options, sort_keys=True))
+        if key not in self._generators:
+            self._generators[key] = FormulaGenerator(
+                formulas=self.formulas, vocabulary=self.vocabulary or None, seed=seed, **options
+            )
+        return self._generators[key]
+
+    def _row(self, image: np.ndarray, text: str, rng: np.random.Generator) -> dict[str, Any]:
+        from ocrjobs.recognition.predictor import orient_crop, resize_crop
+
+        if self.augmenter is not None:
+            image, _ = self.augmenter(image, [], rng)
+        resized = resize_crop(orient_crop(image), self.height, self.width)
+        return {
+            "image": pad_to(resized, self.height, self.width),
+            "valid_w": np.int32(resized.shape[1]),
+            "text": text,
+        }
+
+    def __call__(self, batch: Batch) -> Batch:
+        """Prepare a batch of items (one row each)."""
+        rng = np.random.default_rng()
+        rows = []
+        for text_item in batch["item"]:
+            item = json.loads(text_item)
+            if "synth" in item:
+                image, text = self.generator(item["seed"], item["options"]).sample(item["index"])
+            else:
+                image, text = read_image(item["uri"], self.storage), item["text"]
+            rows.append(self._row(image, text, rng))
         return stack_rows(rows)

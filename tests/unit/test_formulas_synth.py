@@ -16,7 +16,6 @@ from ocrjobs.data.formats import read_im2latex
 from ocrjobs.data.formulas import (
     FormulaGenerator,
     FormulaGrammar,
-    FormulaRows,
     RenderError,
     default_renderer,
     render_formula,
@@ -24,6 +23,7 @@ from ocrjobs.data.formulas import (
 )
 from ocrjobs.recognition.latex import LatexTokenizer, LatexVocabulary, build_vocabulary, tokenize_latex
 from ocrjobs.recognition.predictor import MIN_ASPECT
+from ocrjobs.training.rows import FormulaRows
 
 ARRAY = "\\begin{array} { c c } x & y \\\\ z & w \\end{array}"
 
