@@ -436,18 +436,14 @@ class _TimedMember:
 def _load_members(paths: list[str], device: str, task: str, backend: str = "auto") -> list[Member]:
     """The recognizers in ``paths``, named as Serve names members (their folders' names)."""
     from ocrjobs.recognition.ensemble import Ensemble, Member, member_names
-    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.predictor import RecognitionPredictor, check_model_kind
 
-    load: Callable[..., RecognitionPredictor] = RecognitionPredictor.from_model_dir
-    if task == "latex":
-        # Refuses a folder that reads text lines rather than formulas.
-        from ocrjobs.recognition.predictor import latex_predictor_from_model_dir
-
-        load = latex_predictor_from_model_dir
-    members = [
-        Member(load(path, device=device, backend=backend), name=name)
-        for path, name in zip(paths, member_names(paths), strict=True)
-    ]
+    members = []
+    for path, name in zip(paths, member_names(paths), strict=True):
+        predictor = RecognitionPredictor.from_model_dir(path, device=device, backend=backend)
+        # A formula folder scored as text lines (or the other way round) is a mistake, not a low score.
+        check_model_kind(predictor, task == "latex", path)
+        members.append(Member(predictor, name=name))
     return Ensemble(members).members  # checks the names and warns about differing charsets
 
 

@@ -61,6 +61,7 @@ __all__ = [
     "WIDTH_STEP",
     "RecognitionPredictor",
     "RecognizedText",
+    "check_model_kind",
     "ctc_batch_width",
     "latex_predictor_from_model_dir",
     "orient_crop",
@@ -312,6 +313,12 @@ class RecognitionPredictor:
         """A CTC model's ``[b, T, classes]`` outputs for a batch, on the configured backend."""
         return self._onnx(batch) if self._onnx is not None else self.model(batch)
 
+    @property
+    def is_formula(self) -> bool:
+        """Whether this model reads formulas (LaTeX tokens) rather than text lines: the one test every
+        host uses (:func:`check_model_kind`)."""
+        return isinstance(self.tokenizer, LatexTokenizer)
+
     def export_onnx(self, path: str | Path) -> Path:
         """Write a CTC recogniser as an ONNX graph (dynamic batch and width) to ``path``.
 
@@ -533,7 +540,7 @@ class RecognitionPredictor:
         """
         return ModelSpec(
             name=self.name,
-            task="latex" if self.tokenizer.to_dict().get("name") == "latex" else "recognition",
+            task="latex" if self.is_formula else "recognition",
             arch=self.model.config.arch,
             arch_kwargs=arch_kwargs(self.model),
             preprocess={
@@ -598,6 +605,23 @@ def latex_predictor_from_model_dir(
         ConfigError: the folder is not a formula model.
     """
     predictor = RecognitionPredictor.from_model_dir(path, device=device, **overrides)
-    if not isinstance(predictor.tokenizer, LatexTokenizer):
-        raise ConfigError(f"{path}: not a LaTeX model folder (its vocabulary is a character charset)")
+    check_model_kind(predictor, formula=True, where=str(path))
     return predictor
+
+
+def check_model_kind(predictor: RecognitionPredictor, formula: bool, where: str) -> None:
+    """Refuse a recognizer of the other kind: a text-line model where formulas are read, or the other
+    way round (the bulk job's stages, Serve's members and preflight, and ``ocrjobs eval`` all ask here).
+
+    Args:
+        predictor: the loaded recognizer.
+        formula: whether the caller reads formulas.
+        where: the model folder or config entry, for the message.
+
+    Raises:
+        ConfigError: the model is of the other kind.
+    """
+    if predictor.is_formula != formula:
+        held = "a formula model (LaTeX tokens)" if predictor.is_formula else "a text-line model (characters)"
+        wanted = "formulas" if formula else "text lines"
+        raise ConfigError(f"{where} holds {held}; it cannot be used to read {wanted}")

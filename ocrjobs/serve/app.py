@@ -201,17 +201,14 @@ class Recognizer:
 
     def __init__(self, settings: dict[str, Any], formula: bool = False) -> None:
         from ocrjobs.recognition.ensemble import Member
+        from ocrjobs.recognition.predictor import check_model_kind
 
         config = MemberConfig.model_validate(settings)
         self.threads = _torch_setup(config.torch_threads)
         self.member = Member.from_model_dir(
             config.model, device=config.device, name=config.resolved_name, **config.predictor_overrides()
         )
-        if (self.member.info()["charset_name"] == "latex") != formula:
-            kind = "a text-line model" if formula else "a formula model"
-            raise ValueError(
-                f"{config.model} holds {kind}; it cannot serve as a {'formula' if formula else 'line'} member"
-            )
+        check_model_kind(self.member.predictor, formula, config.model)
         for method in (self.propose, self.score):
             _configure_batching(method, config.max_batch_size, config.batch_wait_timeout_s)
         # propose and score batch separately; one model call at a time keeps torch's threads to itself.

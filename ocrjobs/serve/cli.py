@@ -99,6 +99,7 @@ def check_models(config: Any) -> list[str]:
     """
     from ocrjobs.detection.predictor import DetectionPredictor
     from ocrjobs.recognition.ensemble import Member
+    from ocrjobs.recognition.predictor import check_model_kind
 
     detector = DetectionPredictor.from_model_dir(
         config.detector.model, **config.detector.predictor_overrides()
@@ -108,13 +109,8 @@ def check_models(config: Any) -> list[str]:
     sections += [("Formula", m, "latex") for m in config.formulas]
     for prefix, m, task in sections:
         member = Member.from_model_dir(m.model, name=m.resolved_name, **m.predictor_overrides())
+        check_model_kind(member.predictor, task == "latex", f"{prefix.lower()} entry {m.model}")
         info = member.info()
-        is_latex = info["charset_name"] == "latex"
-        if is_latex != (task == "latex"):
-            raise ConfigError(
-                f"{m.model}: a {'formula' if is_latex else 'text-line'} model cannot be a "
-                f"{'formulas' if task == 'latex' else 'members'} entry"
-            )
         lines.append(
             f"{prefix}_{m.resolved_name}: {info['model']}@{info['version']} {info['arch']} "
             f"({info['decoding']}, {info['decoder']}, {info['height']}x{info['width']}, "
