@@ -94,6 +94,8 @@ _WORD_KEYS = ("text", "polygon", "score")
 # which the bulk job renders PDF inputs, so a page rendered from a PDF keeps its paper size.
 _DEFAULT_DPI = 150.0
 _POINTS_PER_INCH = 72.0
+# Most a text-layer word's glyphs are widened relative to their height (see _add_word).
+_MAX_STRETCH = 3.0
 # Characters XML 1.0 forbids even escaped; a recogniser's vocabulary should never produce them, but
 # one stray control character would make a whole hOCR/ALTO file unparseable.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -449,9 +451,11 @@ def words_from_spans(
 
     ``spans[k]`` is where character ``k`` of ``text`` lies along the line's crop, as fractions of the
     crop's width (``RecognizedText.char_spans``). A CTC model emits each character on a frame or two
-    inside its ink, and emits the space between two words inside the gap between them, so a word
-    reaches from the end of the whitespace before it to the start of the whitespace after it; the
-    first word starts at the line's start and the last ends at its end. The crop's orientation is
+    in the left part of its ink, and emits the space between two words inside the gap between them,
+    so a word reaches from the end of the whitespace before it (the line's start for the first word)
+    to the start of the whitespace after it (the line's end for the last), but no further than half
+    the line's character pitch before its first character and one pitch after its last (a word
+    before a wide gap, or at a line's end, stops near its ink). The crop's orientation is
     that of :func:`ocrjobs.geometry.crop_quad`, so words of slanted and vertical lines follow them.
 
     Args:
@@ -468,20 +472,24 @@ def words_from_spans(
         ValueError: ``spans`` (or ``char_scores``) and ``text`` differ in length.
 
     >>> quad = [[0, 0], [100, 0], [100, 10], [0, 10]]
-    >>> spans = [(0.1, 0.12), (0.2, 0.22), (0.4, 0.5), (0.6, 0.62), (0.7, 0.72)]
+    >>> spans = [(0.09, 0.11), (0.19, 0.21), (0.29, 0.31), (0.39, 0.41), (0.49, 0.51)]  # pitch 0.1
     >>> [(w.text, [round(v) for v in w.bbox]) for w in words_from_spans("ab cd", quad, spans)]
-    [('ab', [0, 0, 40, 10]), ('cd', [50, 0, 100, 10])]
+    [('ab', [5, 0, 29, 10]), ('cd', [35, 0, 60, 10])]
     """
     from ocrjobs.geometry import crop_quad, span_quad
 
     if len(spans) != len(text) or (char_scores is not None and len(char_scores) != len(text)):
         raise ValueError(f"{len(text)} characters but {len(spans)} spans / {len(char_scores or [])} scores")
     quad = crop_quad(_as_polygon(polygon))
+    centres = [(s + e) / 2.0 for s, e in spans]
+    # The line's character pitch: how far a word may reach past its first and last characters' frames
+    # (emissions sit in the left part of a glyph: half a pitch to the left, a whole one to the right).
+    pitch = float(np.median(np.diff(centres))) if len(centres) > 1 else math.inf
     words = []
     for match in _WORD.finditer(text):
         a, b = match.start(), match.end()
-        start = spans[a - 1][1] if a > 0 else 0.0
-        end = spans[b][0] if b < len(text) else 1.0
+        start = max(spans[a - 1][1] if a > 0 else 0.0, centres[a] - 0.5 * pitch)
+        end = min(spans[b][0] if b < len(text) else 1.0, centres[b - 1] + pitch)
         if end <= start:  # crowded frames: fall back to the word's own characters
             start, end = spans[a][0], spans[b - 1][1]
         start, end = min(max(start, 0.0), 1.0), min(max(end, 0.0), 1.0)
@@ -806,8 +814,13 @@ def _add_word(pdf: Any, page: Any, font: Any, text: str, ink: str, quad: np.ndar
     length = float(np.hypot(*baseline))
     cos, sin = baseline / length
     height = abs(cos * (tl - bl)[1] - sin * (tl - bl)[0])  # distance of top-left from the baseline
-    sx = length / (right.value - left.value)
     sy = height / max(ascent.value - descent.value, 1e-6)
+    # Stretch the ink to the box, but at most _MAX_STRETCH times the glyphs' own proportions. PDFium's
+    # extraction drops a glyph whose origin lies within 0.07 em of the same glyph among the few before
+    # it (fake-bold overprinting), the em measured along the stretched x axis: a narrow word ("I",
+    # ".") stretched over a wide box took a neighbour's equal glyph with it. Such a word starts at
+    # its box's left edge and ends short of its right.
+    sx = min(length / (right.value - left.value), _MAX_STRETCH * sy)
     # Text space -> page: shift the ink's left edge and the descent to the origin, scale, rotate by
     # the baseline's angle, move to the quad's bottom-left corner.
     e = bl[0] - sx * left.value * cos + sy * descent.value * sin

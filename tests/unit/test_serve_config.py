@@ -293,4 +293,6 @@ def test_cli_check_refuses_a_line_model_as_a_formula_member(
     det, rec = _tiny_models(tmp_path / "models")
     args = ["serve", "--check", "--set", f"detector.model={det}", "--set", f"members.0.model={rec}"]
     assert cli.main([*args, "--set", f"formulas=[{{model: {rec}}}]"]) != 0
-    assert "holds a text-line model (characters); it cannot be used to read formulas" in capsys.readouterr().err
+    assert (
+        "holds a text-line model (characters); it cannot be used to read formulas" in capsys.readouterr().err
+    )

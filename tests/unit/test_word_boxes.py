@@ -40,15 +40,19 @@ def test_beam_search_places_characters_on_their_viterbi_alignment() -> None:
     assert searched.text == greedy.text and searched.frames == greedy.frames
 
 
-def test_words_reach_from_gap_to_gap_along_the_crop() -> None:
+def test_words_reach_from_gap_to_gap_but_stay_near_their_characters() -> None:
     quad = [[0, 0], [200, 0], [200, 20], [0, 20]]
-    # "ab cd": the space emitted at 0.45-0.5 splits the line there.
-    spans = [(0.1, 0.12), (0.2, 0.22), (0.45, 0.5), (0.6, 0.62), (0.7, 0.72)]
+    # "ab cd", a character every 0.1 of the crop, the space emitted at 0.29-0.31: "ab" ends where the
+    # space starts; its start and "cd"'s ends are bounded by the pitch (half before, one after).
+    spans = [(0.09, 0.11), (0.19, 0.21), (0.29, 0.31), (0.39, 0.41), (0.49, 0.51)]
     words = words_from_spans("ab cd", quad, spans, char_scores=[0.9, 0.7, 1.0, 0.5, 0.5])
     assert [w.text for w in words] == ["ab", "cd"]
-    assert [round(v) for v in words[0].bbox] == [0, 0, 90, 20]
-    assert [round(v) for v in words[1].bbox] == [100, 0, 200, 20]
+    assert [round(v) for v in words[0].bbox] == [10, 0, 58, 20]
+    assert [round(v) for v in words[1].bbox] == [70, 0, 120, 20]
     assert words[0].score == pytest.approx(0.8) and words[1].score == pytest.approx(0.5)
+    # One character: no pitch, so the word takes its gaps (here the whole line).
+    (only,) = words_from_spans("x", quad, [(0.4, 0.45)])
+    assert [round(v) for v in only.bbox] == [0, 0, 200, 20]
     with pytest.raises(ValueError, match="spans"):
         words_from_spans("abc", quad, spans)
 
@@ -61,13 +65,14 @@ def test_words_of_a_vertical_line_follow_its_reading_direction() -> None:
     crop = crop_polygon(image, region)
     assert crop.shape[1] > crop.shape[0]
     quad = crop_quad(region)
-    first = span_quad(quad, 0.0, 0.5)
-    words = words_from_spans(
-        "ab cd", region, [(0.1, 0.12), (0.2, 0.22), (0.5, 0.5), (0.6, 0.62), (0.7, 0.72)]
-    )
-    assert np.allclose(words[0].polygon, first)
-    ys = words[0].polygon[:, 1]
-    assert ys.min() >= 10 - 1e-3 and ys.max() <= 210 + 1e-3
+    spans = [(0.1, 0.12), (0.2, 0.22), (0.5, 0.5), (0.6, 0.62), (0.7, 0.72)]
+    words = words_from_spans("ab cd", region, spans)
+    # Each word lies in its half of the region, taken along the crop's reading direction.
+    for word, (start, end) in zip(words, [(0.0, 0.5), (0.5, 1.0)], strict=True):
+        half = span_quad(quad, start, end)
+        x0, y0 = half.min(axis=0) - 1e-3
+        x1, y1 = half.max(axis=0) + 1e-3
+        assert (word.polygon >= [x0, y0]).all() and (word.polygon <= [x1, y1]).all()
     assert words[0].bbox[1] != words[1].bbox[1]  # stacked along the region's long side
 
 
