@@ -10,8 +10,9 @@ Serve requests and handles, a loop over a dataset):
    :class:`~ocrjobs.recognition.predictor.RecognitionPredictor`, an in-process
    :class:`~ocrjobs.recognition.ensemble.Ensemble`, or Serve's ensemble over member deployments).
 3. :func:`assemble_lines`: each region with its reading becomes a :class:`ocrjobs.results.Line`
-   (ensemble members' own readings included); lines read under the reader's ``drop_score`` leave
-   the page (:func:`keep_line`). :func:`page_text` joins a page's lines.
+   (ensemble members' own readings included, and word boxes where a CTC recognizer's alignment
+   places its characters: :func:`ocrjobs.results.words_from_spans`); lines read under the reader's
+   ``drop_score`` leave the page (:func:`keep_line`). :func:`page_text` joins a page's lines.
 
 :func:`read_detections` is steps 2-3 for a batch of pages and :func:`ocr_images` the whole chain. A
 page's lines stay in the detector's reading order.
