@@ -204,12 +204,12 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
         # The fan-out: a file becomes as many rows as it has pages.
         udf_modifying_row_count=True,
     )
-    stages: list[tuple[type, str | list[str], PoolConfig]] = [
-        (RecognizeStage, config.recognizer, config.recognition)
+    stages: list[tuple[type, str | list[str], PoolConfig, dict[str, Any]]] = [
+        (RecognizeStage, config.recognizer, config.recognition, {"weights": config.recognizer_weights})
     ]
     if config.task == "ocr":
-        stages.insert(0, (DetectStage, config.detector, config.detection))
-    for stage, model_dir, pool in stages:
+        stages.insert(0, (DetectStage, config.detector, config.detection, {}))
+    for stage, model_dir, pool, extra in stages:
         device = _stage_device(config, pool)
         ds = ds.map_batches(
             stage,
@@ -222,6 +222,7 @@ def build_dataset(config: BulkConfig, shards: Sequence[Shard]) -> ray.data.Datas
                 "model_batch_size": pool.model_batch_size,
                 "backend": config.backend,
                 "onnx_providers": config.onnx_providers,
+                **extra,
             },
             compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
             num_cpus=pool.num_cpus,
@@ -585,7 +586,10 @@ def run_bulk(config: BulkConfig) -> dict[str, Any]:
     listing = storage.scan_inputs(config.input, config.storage, suffixes)
     _log_skipped(config.input, listing.skipped)
     inputs = listing.uris
-    plan = plan_shards(inputs, config.shard_size, f"{config.task}\n{detector}\n{recognizer}")
+    # The fingerprint names what the rows depend on; ensemble weights enter it only when set, so the
+    # shards of jobs without weights keep their names.
+    weights = "" if config.recognizer_weights is None else f"\n{config.recognizer_weights}"
+    plan = plan_shards(inputs, config.shard_size, f"{config.task}\n{detector}\n{recognizer}{weights}")
     names = {s.name for s in plan}
     found = scan_output(config.output, config.storage)
     done = [s for s in plan if "parquet" in found.get(s.name, {})]

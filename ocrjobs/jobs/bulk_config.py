@@ -177,6 +177,8 @@ class BulkConfig(StrictModel):
             when the field is not given, :data:`FORMULA_ENSEMBLE` (run with whichever of its folders
             exist, :func:`default_formula_members`); ``null`` means the task's default
             (``models/crnn_doc`` for ``ocr`` and ``recognize``).
+        recognizer_weights: an ensemble's members' weights in its mean score, in member order
+            (``null``: equal), as Serve's ``members[].weight``.
         shard_size: input files per output shard (a shard holds every page of its files).
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
         max_pixels: largest ``width * height`` of a page (an image, a TIFF frame, a PDF page at
@@ -209,6 +211,7 @@ class BulkConfig(StrictModel):
     task: Literal["ocr", "recognize", "latex"] = "ocr"
     detector: str = "models/dbnet_doc"
     recognizer: str | list[str] = _LINE_RECOGNIZER
+    recognizer_weights: list[float] | None = None
     shard_size: int = Field(default=1000, ge=1)
     max_shards: int | None = Field(default=None, ge=1)
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1)
@@ -234,6 +237,14 @@ class BulkConfig(StrictModel):
             default = list(FORMULA_ENSEMBLE) if data.get("task") == "latex" else _LINE_RECOGNIZER
             data = {**data, "recognizer": default}
         return data
+
+    @model_validator(mode="after")
+    def _weights_fit_members(self) -> BulkConfig:
+        if self.recognizer_weights is not None:
+            from ocrjobs.recognition.ensemble import member_weights
+
+            member_weights(self.recognizer_weights, len(self.recognizers))
+        return self
 
     @model_validator(mode="after")
     def _backend_fits_task(self) -> BulkConfig:
@@ -469,4 +480,9 @@ def default_formula_members(config: BulkConfig) -> BulkConfig:
         return config
     missing = [p for p in FORMULA_ENSEMBLE if p not in found]
     log.warning("formula ensemble: %s not found, reading with %s", ", ".join(missing), ", ".join(found))
-    return config.model_copy(update={"recognizer": found[0] if len(found) == 1 else found})
+    update: dict[str, Any] = {"recognizer": found[0] if len(found) == 1 else found}
+    if config.recognizer_weights is not None:
+        weights = dict(zip(FORMULA_ENSEMBLE, config.recognizer_weights, strict=True))
+        kept = [weights[p] for p in found]
+        update["recognizer_weights"] = kept if any(kept) else None
+    return config.model_copy(update=update)

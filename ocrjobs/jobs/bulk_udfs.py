@@ -538,6 +538,7 @@ class RecognizeStage:
         model_batch_size: crops per forward pass (of each member); ``None`` keeps the predictors' default.
         backend: ``auto``, ``torch`` or ``onnxruntime`` (:mod:`ocrjobs.backends`).
         onnx_providers: ONNX Runtime execution providers (``None``: the device's default).
+        weights: an ensemble's members' weights in its mean score (``None``: equal).
     """
 
     def __init__(
@@ -548,6 +549,7 @@ class RecognizeStage:
         model_batch_size: int | None = None,
         backend: str = "auto",
         onnx_providers: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         from ocrjobs.recognition.ensemble import Ensemble
         from ocrjobs.recognition.predictor import RecognitionPredictor
@@ -559,7 +561,7 @@ class RecognizeStage:
         if len(dirs) == 1:
             reader = RecognitionPredictor.from_model_dir(dirs[0], device=device, **overrides)
         else:
-            reader = Ensemble.from_model_dirs(dirs, device=device, **overrides)
+            reader = Ensemble.from_model_dirs(dirs, device=device, weights=weights, **overrides)
         self.read = reader
         self.drop_score = reader.drop_score
 

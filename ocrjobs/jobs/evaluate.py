@@ -75,6 +75,9 @@ class EvalConfig(StrictModel):
         rec_model: the recognizer for ``e2e``, or a list of recognizer folders read as their ensemble
             (Serve's propose-and-score; each member's own end-to-end metrics are reported beside it).
         predictions: JSONL of saved predictions, scored instead of running a model.
+        weights: each ensemble member's weight in the mean score, in member order (``model`` for
+            ``recognition``/``latex``, ``rec_model`` for ``e2e``; ``null``: equal), as Serve's
+            ``members[].weight``.
         limit: score only the first N images (sorted by name).
         holdout_every: score only every N-th image sorted by name: the held-out dev part that a
             training source with the same ``holdout_every`` leaves out (e.g. 8 for FUNSD forms).
@@ -91,6 +94,7 @@ class EvalConfig(StrictModel):
     model: str | list[str] | None = None
     rec_model: str | list[str] | None = None
     predictions: str | None = None
+    weights: list[float] | None = None
     limit: int | None = Field(default=None, ge=1)
     holdout_every: int | None = Field(default=None, ge=2)
     json_out: str | None = None
@@ -132,6 +136,10 @@ class EvalConfig(StrictModel):
             raise ValueError(f"task {self.task} scores one model; several only for recognition and latex")
         if self.task == "e2e" and self.model is not None and self.rec_model is None:
             raise ValueError("task e2e with a model needs 'rec_model' (the recognizer) too")
+        if self.weights is not None:
+            from ocrjobs.recognition.ensemble import member_weights
+
+            member_weights(self.weights, len(self.rec_models if self.task == "e2e" else self.models))
         return self
 
 
@@ -157,6 +165,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "printing each member's end-to-end metrics beside the ensemble's",
     )
     parser.add_argument("--predictions", help="JSONL of saved predictions to score instead of a model")
+    parser.add_argument(
+        "--weights",
+        type=lambda text: [float(w) for w in text.split(",")],
+        help="ensemble members' weights in the mean score, comma-separated in member order (default: equal)",
+    )
     parser.add_argument("--limit", type=int, help="score only the first N images")
     parser.add_argument(
         "--holdout-every",
@@ -188,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "model",
         "rec_model",
         "predictions",
+        "weights",
         "limit",
         "holdout_every",
         "json_out",
@@ -311,7 +325,7 @@ def _run_detection_models(
     from ocrjobs.pipeline import keep_line, ocr_images
     from ocrjobs.recognition.ensemble import Ensemble, ensemble_drop_score
 
-    members = _load_members(config.rec_models, config.device, "recognition", config.backend)
+    members = _load_members(config.rec_models, config.device, "recognition", config.backend, config.weights)
     by_member: dict[str, list[list[Prediction]]] = {m.name: [] for m in members} if len(members) > 1 else {}
     infos = [m.info() for m in members]
     drop = ensemble_drop_score(infos)
@@ -385,7 +399,8 @@ def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
         preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
         return {**scorer(preds, refs), **_speed(time.perf_counter() - start, len(samples))}
     members = [
-        _TimedMember(m) for m in _load_members(config.models, config.device, config.task, config.backend)
+        _TimedMember(m)
+        for m in _load_members(config.models, config.device, config.task, config.backend, config.weights)
     ]
     start = time.perf_counter()
     crops = _text_crops(config, samples)
@@ -415,6 +430,7 @@ class _TimedMember:
     def __init__(self, member: Member) -> None:
         self.member = member
         self.name = member.name
+        self.weight = member.weight
         self.propose_seconds = 0.0
         self.score_seconds = 0.0
 
@@ -433,17 +449,21 @@ class _TimedMember:
             self.score_seconds += time.perf_counter() - start
 
 
-def _load_members(paths: list[str], device: str, task: str, backend: str = "auto") -> list[Member]:
-    """The recognizers in ``paths``, named as Serve names members (their folders' names)."""
-    from ocrjobs.recognition.ensemble import Ensemble, Member, member_names
+def _load_members(
+    paths: list[str], device: str, task: str, backend: str = "auto", weights: list[float] | None = None
+) -> list[Member]:
+    """The recognizers in ``paths``, named and weighted as Serve names and weights members."""
+    from ocrjobs.recognition.ensemble import Ensemble, Member, member_names, member_weights
     from ocrjobs.recognition.predictor import RecognitionPredictor, check_model_kind
 
     members = []
-    for path, name in zip(paths, member_names(paths), strict=True):
+    for path, name, weight in zip(
+        paths, member_names(paths), member_weights(weights, len(paths)), strict=True
+    ):
         predictor = RecognitionPredictor.from_model_dir(path, device=device, backend=backend)
         # A formula folder scored as text lines (or the other way round) is a mistake, not a low score.
         check_model_kind(predictor, task == "latex", path)
-        members.append(Member(predictor, name=name))
+        members.append(Member(predictor, name=name, weight=weight))
     return Ensemble(members).members  # checks the names and warns about differing charsets
 
 

@@ -12,7 +12,8 @@ only needs two things from a member (:class:`Member`, or anything shaped like it
 For each crop the candidates are the distinct proposals; each member's score of a candidate it proposed
 itself is its proposal score (the same number :meth:`Member.score` would return), so round 2 only asks a
 member about the *other* members' candidates, and is skipped where all members agree or there is one
-member. The candidate with the highest mean score over members wins. The rounds are plain functions
+member. The candidate with the highest mean score over members wins; members may carry weights in that
+mean (``Member.weight``, fitted on held-out data: ``benchmarks/fit_ensemble_weights.py``). The rounds are plain functions
 (:func:`scoring_requests`, :func:`combine`), so an in-process loop (:func:`run_ensemble`, used by
 evaluation) and the Serve ingress (which awaits member deployments, :func:`run_ensemble_async`) run the
 same code.
@@ -60,6 +61,7 @@ __all__ = [
     "combine",
     "ensemble_drop_score",
     "member_names",
+    "member_weights",
     "run_ensemble",
     "run_ensemble_async",
     "scoring_requests",
@@ -198,13 +200,19 @@ class Member:
     True
     """
 
-    def __init__(self, predictor: RecognitionPredictor, name: str | None = None) -> None:
+    def __init__(self, predictor: RecognitionPredictor, name: str | None = None, weight: float = 1.0) -> None:
         self.predictor = predictor
         self.name = name or predictor.name
+        self.weight = member_weights([weight], 1)[0]
 
     @classmethod
     def from_model_dir(
-        cls, path: str | Path, device: str = "cpu", name: str | None = None, **overrides: Any
+        cls,
+        path: str | Path,
+        device: str = "cpu",
+        name: str | None = None,
+        weight: float = 1.0,
+        **overrides: Any,
     ) -> Member:
         """Load a member from a recognition model folder.
 
@@ -212,6 +220,7 @@ class Member:
             path: the model folder (local or ``s3://``).
             device: torch device.
             name: the member's name; defaults to the model's name.
+            weight: the member's weight in the ensemble's mean (:func:`combine`).
             **overrides: predictor settings that win over the folder's (``decoder="beam"``...).
 
         Returns:
@@ -219,7 +228,8 @@ class Member:
         """
         from ocrjobs.recognition.predictor import RecognitionPredictor
 
-        return cls(RecognitionPredictor.from_model_dir(path, device=device, **overrides), name=name)
+        predictor = RecognitionPredictor.from_model_dir(path, device=device, **overrides)
+        return cls(predictor, name=name, weight=weight)
 
     def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
         """Round 1: read each crop with the member's own decoder.
@@ -329,13 +339,28 @@ def scoring_requests(proposals: Sequence[Sequence[Proposal]]) -> list[list[list[
     return requests
 
 
+def member_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """The members' weights in the mean (:func:`combine`): ``None`` is 1 for every member.
+
+    Raises:
+        ValueError: not one weight per member, a negative weight, or all weights 0.
+    """
+    if weights is None:
+        return [1.0] * n
+    out = [float(w) for w in weights]
+    if len(out) != n or any(not math.isfinite(w) or w < 0 for w in out) or not any(out):
+        raise ValueError(f"need {n} finite weights >= 0, not all 0; got {list(weights)}")
+    return out
+
+
 def combine(
     names: Sequence[str],
     proposals: Sequence[Sequence[Proposal]],
     requests: Sequence[Sequence[Sequence[str]]],
     scores: Sequence[Sequence[Sequence[float]]],
+    weights: Sequence[float] | None = None,
 ) -> list[EnsembleResult]:
-    """Pick each crop's candidate with the best mean score over members.
+    """Pick each crop's candidate with the best (weighted) mean score over members.
 
     Args:
         names: member names, in member order.
@@ -343,19 +368,25 @@ def combine(
         requests: ``requests[m][i]``: the texts member ``m`` scored for crop ``i``
             (:func:`scoring_requests`).
         scores: ``scores[m][i][k]``: member ``m``'s score of ``requests[m][i][k]`` (round 2).
+        weights: each member's weight in the mean (``None``: equal). Scores are length-normalised
+            log-likelihoods, so a weight is also a calibration: it scales how sharply a member's
+            probabilities count. A member of weight 0 still proposes candidates but does not vote.
 
     Returns:
-        One result per crop. Ties go to the candidate proposed first (in member order); if every
-        candidate's mean is ``-inf``, the proposal with the best own score wins with confidence 0.
+        One result per crop. Tie rule: equal means go to the candidate proposed first (in member
+        order); if every candidate's mean is ``-inf``, the proposal with the best own score wins with
+        confidence 0.
 
     Raises:
-        ValueError: the shapes of the arguments disagree, or a candidate was not scored by a member.
+        ValueError: the shapes of the arguments disagree, a candidate was not scored by a member, or
+            the weights are invalid (:func:`member_weights`).
     """
     if not (len(names) == len(proposals) == len(requests) == len(scores)) or not names:
         raise ValueError(
             f"need at least one member and one entry per member: {len(names)} names, "
             f"{len(proposals)} proposals, {len(requests)} requests, {len(scores)} score lists"
         )
+    w = member_weights(weights, len(names))
     n_crops = len(proposals[0])
     results: list[EnsembleResult] = []
     for i in range(n_crops):
@@ -375,7 +406,7 @@ def combine(
         candidates = []
         for text in texts:
             member_scores = tuple(float(row[text]) for row in table)
-            candidates.append(Candidate(text, member_scores, _mean(member_scores)))
+            candidates.append(Candidate(text, member_scores, _mean(member_scores, w)))
         # Best own score among the proposers breaks ties between -inf means (see the docstring).
         best_own = {t: max(p.log_score for p in own if p.text == t) for t in texts}
         ranked = sorted(
@@ -399,10 +430,11 @@ def combine(
     return results
 
 
-def _mean(values: Sequence[float]) -> float:
-    if any(v == -math.inf for v in values):  # sum() of -inf and finite values is -inf anyway; be explicit
+def _mean(values: Sequence[float], weights: Sequence[float]) -> float:
+    voting = [(v, w) for v, w in zip(values, weights, strict=True) if w > 0]
+    if any(v == -math.inf for v, _ in voting):  # a voter that cannot produce the text vetoes it
         return -math.inf
-    return float(sum(values) / len(values))
+    return float(sum(v * w for v, w in voting) / sum(w for _, w in voting))
 
 
 def run_ensemble(members: Sequence[SyncMember], crops: Sequence[np.ndarray]) -> list[EnsembleResult]:
@@ -426,7 +458,12 @@ def run_ensemble(members: Sequence[SyncMember], crops: Sequence[np.ndarray]) -> 
         m.score(crops, asked) if any(asked) else [[] for _ in crops]
         for m, asked in zip(members, requests, strict=True)
     ]
-    return combine([m.name for m in members], proposals, requests, scores)
+    return combine([m.name for m in members], proposals, requests, scores, _weights(members))
+
+
+def _weights(members: Sequence[SyncMember] | Sequence[AsyncMember]) -> list[float]:
+    # A member without a weight attribute (a test double, a wrapper) counts 1.
+    return [float(getattr(m, "weight", 1.0)) for m in members]
 
 
 async def run_ensemble_async(
@@ -454,7 +491,7 @@ async def run_ensemble_async(
     scores: list[list[list[float]]] = [[[] for _ in crops] for _ in members]
     for k, answer in zip(asking, answers, strict=True):
         scores[k] = answer
-    return combine([m.name for m in members], proposals, requests, scores)
+    return combine([m.name for m in members], proposals, requests, scores, _weights(members))
 
 
 def ensemble_drop_score(infos: Sequence[dict[str, Any]]) -> float:
@@ -485,23 +522,31 @@ class Ensemble:
             )
 
     @classmethod
-    def from_model_dirs(cls, paths: Sequence[str | Path], device: str = "cpu", **overrides: Any) -> Ensemble:
+    def from_model_dirs(
+        cls,
+        paths: Sequence[str | Path],
+        device: str = "cpu",
+        weights: Sequence[float] | None = None,
+        **overrides: Any,
+    ) -> Ensemble:
         """Load one member per recognition model folder, named by :func:`member_names` (as Serve names
         its members: the folders' names).
 
         Args:
             paths: model folders, in member order.
             device: torch device for every member.
+            weights: each member's weight in the mean (``None``: equal).
             **overrides: predictor settings for every member.
 
         Returns:
             The ensemble.
         """
         names = member_names(paths)
+        w = member_weights(weights, len(paths))
         return cls(
             [
-                Member.from_model_dir(p, device=device, name=n, **overrides)
-                for p, n in zip(paths, names, strict=True)
+                Member.from_model_dir(p, device=device, name=n, weight=wt, **overrides)
+                for p, n, wt in zip(paths, names, w, strict=True)
             ]
         )
 

@@ -250,9 +250,10 @@ class Recognizer:
 class HandleMember:
     """An ensemble member seen from the ingress: its deployment handle behind ``async`` methods."""
 
-    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+    def __init__(self, name: str, handle: DeploymentHandle, weight: float = 1.0) -> None:
         self.name = name
         self.handle = handle
+        self.weight = weight
 
     async def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
         """Round 1 on the member's deployment."""
@@ -750,11 +751,11 @@ class OcrApi:
             )
         self.detector = detector
         self.members = [
-            HandleMember(m.resolved_name, handle)
+            HandleMember(m.resolved_name, handle, m.weight)
             for m, handle in zip(self.config.members, members, strict=True)
         ]
         self.formulas = [
-            HandleMember(m.resolved_name, handle)
+            HandleMember(m.resolved_name, handle, m.weight)
             for m, handle in zip(self.config.formulas, formulas, strict=True)
         ]
         env = self.config.auth.token_env

@@ -230,9 +230,13 @@ class MemberConfig(_ModelSettings):
         name: the member's name in responses and its deployment's name; ``null``: the folder's name.
         decoder: ``greedy`` or ``beam`` proposals (``null``: the model folder's setting).
         beam_width: beams for ``decoder: beam`` (``null``: the folder's setting).
+        weight: the member's weight in the ensemble's mean score (``ocrjobs.recognition.ensemble.combine``;
+            fit them on held-out data with ``benchmarks/fit_ensemble_weights.py``). 0: the member
+            proposes candidates but does not vote.
     """
 
     name: str | None = None
+    weight: float = Field(default=1.0, ge=0)
     decoder: Literal["greedy", "beam"] | None = None
     beam_width: int | None = Field(default=None, ge=1)
     max_batch_size: int = Field(default=16, ge=1)
@@ -390,6 +394,9 @@ class ServeConfig(StrictModel):
     @model_validator(mode="after")
     def _unique_members(self) -> ServeConfig:
         for section in ("members", "formulas"):
+            members = getattr(self, section)
+            if members and not any(m.weight > 0 for m in members):
+                raise ValueError(f"{section}: at least one member needs a weight above 0")
             names = [m.resolved_name for m in getattr(self, section)]
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:

@@ -25,6 +25,7 @@ from ocrjobs.recognition.ensemble import (
     Member,
     Proposal,
     combine,
+    member_weights,
     run_ensemble,
     run_ensemble_async,
     scoring_requests,
@@ -244,6 +245,60 @@ def test_two_disagreeing_members_the_higher_mean_score_wins(
     assert result.score == pytest.approx(math.exp(means[winner]), rel=1e-4)
     assert result.candidates[0].text == winner
     assert {c.text: c.mean for c in result.candidates} == pytest.approx(means, rel=1e-4)
+
+
+def test_weights_decide_between_members_that_disagree() -> None:
+    # Equal weights: the CTC member's "CA5H" wins (the second case above). Weighting the attention
+    # member up turns the decision, and the mean is the weighted one.
+    ctc, att = ctc_member({"5": 0.95, "S": 0.03}), attention_member({"S": 0.55, "5": 0.43})
+    scores = {t: (ctc.score([CROP], [[t]])[0][0], att.score([CROP], [[t]])[0][0]) for t in ("CA5H", "CASH")}
+    assert Ensemble([ctc, att])([CROP])[0].text == "CA5H"
+    # The weight at which the two texts tie, doubled.
+    weight = 2.0 * (scores["CA5H"][0] - scores["CASH"][0]) / (scores["CASH"][1] - scores["CA5H"][1])
+    assert weight > 1.0
+    att.weight = weight
+    result = Ensemble([ctc, att])([CROP])[0]
+    weighted = {t: (c + weight * a) / (1.0 + weight) for t, (c, a) in scores.items()}
+    assert result.text == max(weighted, key=lambda t: weighted[t]) == "CASH"
+    assert {c.text: c.mean for c in result.candidates} == pytest.approx(weighted, rel=1e-4)
+    # The same weights through the Serve path (async rounds) give the same answer.
+    assert asyncio.run(run_ensemble_async([_Async(ctc), _Async(att)], [CROP]))[0].text == "CASH"
+
+
+def test_a_member_of_weight_zero_proposes_but_does_not_vote() -> None:
+    proposals = [[Proposal("x", -0.1)], [Proposal("y", -0.05)]]
+    requests = scoring_requests(proposals)
+    # Member b scores "x" -inf (it cannot produce it): with b voting "x" is vetoed; with b's weight 0
+    # a's preference decides, and b's proposal "y" is still a candidate a has scored.
+    scores = [[[-3.0]], [[-math.inf]]]
+    assert combine(["a", "b"], proposals, requests, scores)[0].text == "y"
+    result = combine(["a", "b"], proposals, requests, scores, weights=[1.0, 0.0])[0]
+    assert result.text == "x" and [c.text for c in result.candidates] == ["x", "y"]
+    assert result.score == pytest.approx(math.exp(-0.1))
+
+
+def test_member_weights_are_checked() -> None:
+    assert member_weights(None, 2) == [1.0, 1.0]
+    for bad in ([1.0], [1.0, -0.5], [0.0, 0.0], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="weights"):
+            member_weights(bad, 2)
+    with pytest.raises(ValueError, match="weights"):
+        Member(ctc_member({"5": 0.6}).predictor, weight=-1.0)
+
+
+class _Async:
+    """A member seen through async methods (as Serve's ingress sees deployment handles)."""
+
+    def __init__(self, member: Member) -> None:
+        self.member, self.name, self.weight = member, member.name, member.weight
+
+    async def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
+        return self.member.propose(crops)
+
+    async def score(
+        self, crops: Sequence[np.ndarray], candidates: Sequence[Sequence[str]]
+    ) -> list[list[float]]:
+        return self.member.score(crops, candidates)
 
 
 def test_one_member_degenerates_to_that_member_without_a_scoring_round() -> None:

@@ -1,0 +1,44 @@
+"""Ensemble weights are configured the same way for Serve, the bulk job and eval, and checked there."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from ocrjobs.jobs.bulk import BulkConfig, default_formula_members
+from ocrjobs.jobs.evaluate import EvalConfig
+from ocrjobs.serve.config import MemberConfig, ServeConfig
+
+
+def test_serve_members_carry_weights_and_one_must_vote() -> None:
+    config = ServeConfig(members=[MemberConfig(model="m/a"), MemberConfig(model="m/b", weight=0.4)])
+    assert [m.weight for m in config.members] == [1.0, 0.4]
+    with pytest.raises(ValidationError, match="weight above 0"):
+        ServeConfig(members=[MemberConfig(model="m/a", weight=0.0)])
+    with pytest.raises(ValidationError):
+        MemberConfig(model="m/a", weight=-1.0)
+
+
+def test_bulk_and_eval_take_one_weight_per_member() -> None:
+    bulk = BulkConfig(input="in", output="out", recognizer=["m/a", "m/b"], recognizer_weights=[1.0, 0.5])
+    assert bulk.recognizer_weights == [1.0, 0.5]
+    with pytest.raises(ValidationError, match="weights"):
+        BulkConfig(input="in", output="out", recognizer=["m/a", "m/b"], recognizer_weights=[1.0])
+    ok = EvalConfig(task="recognition", data="d", format="sroie", model=["m/a", "m/b"], weights=[1, 2])
+    assert ok.weights == [1.0, 2.0]
+    e2e = EvalConfig(
+        task="e2e", data="d", format="sroie", model="det", rec_model=["m/a", "m/b"], weights=[1, 0]
+    )
+    assert e2e.weights == [1.0, 0.0]
+    with pytest.raises(ValidationError, match="weights"):
+        EvalConfig(task="recognition", data="d", format="sroie", model=["m/a", "m/b"], weights=[1, 2, 3])
+
+
+def test_a_cut_down_formula_ensemble_keeps_its_members_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only the second default formula folder exists: its weight goes with it.
+    from ocrjobs.jobs import bulk_config
+
+    monkeypatch.setattr(bulk_config.storage, "exists", lambda uri, config=None: "satrn64_latex" in uri)
+    config = BulkConfig(input="in", output="out", task="latex", recognizer_weights=[1.0, 0.7])
+    cut = default_formula_members(config)
+    assert cut.recognizer == "models/satrn64_latex" and cut.recognizer_weights == [0.7]
