@@ -42,3 +42,15 @@ def test_a_cut_down_formula_ensemble_keeps_its_members_weights(monkeypatch: pyte
     config = BulkConfig(input="in", output="out", task="latex", recognizer_weights=[1.0, 0.7])
     cut = default_formula_members(config)
     assert cut.recognizer == "models/satrn64_latex" and cut.recognizer_weights == [0.7]
+
+
+def test_the_bulk_recognition_stage_weights_its_members() -> None:
+    from ocrjobs.jobs.bulk_udfs import RecognizeStage
+    from ocrjobs.recognition.ensemble import Ensemble
+    from tests.conftest import REPO_ROOT
+
+    stage = RecognizeStage(
+        [str(REPO_ROOT / "models" / "crnn_doc"), str(REPO_ROOT / "models" / "crnn_en")], weights=[1.0, 0.25]
+    )
+    assert isinstance(stage.read, Ensemble)
+    assert [(m.name, m.weight) for m in stage.read.members] == [("crnn_doc", 1.0), ("crnn_en", 0.25)]
