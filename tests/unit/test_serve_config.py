@@ -31,7 +31,7 @@ def test_the_shipped_serve_yaml_is_a_serve_config_file_for_our_builder() -> None
     assert [m.model for m in config.members] == ["models/crnn_doc"]
     assert config.auth.token_env == "OCRJOBS_SERVE_TOKEN"
     # The second member is there, commented out, until its model is trained.
-    assert "# - {model: models/aster_en" in SERVE_YAML.read_text()
+    assert "# - {model: models/crnn_res40, weight:" in SERVE_YAML.read_text()
     # Its resources fit the 2-CPU development machine even with the second member enabled.
     reserved = config.ingress.num_cpus + config.detector.num_cpus + 2 * config.members[0].num_cpus
     assert reserved <= 2.0
