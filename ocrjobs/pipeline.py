@@ -43,7 +43,6 @@ __all__ = [
     "Reading",
     "assemble_lines",
     "detect_and_crop",
-    "join_text",
     "keep_line",
     "ocr_images",
     "page_text",
@@ -264,6 +263,3 @@ def page_text(lines: Sequence[Line]) -> str:
     """The full text of a page: its lines (already in reading order), one per line; blank reads add
     nothing."""
     return "\n".join(line.text for line in lines if line.text)
-
-
-join_text = page_text  # the earlier name

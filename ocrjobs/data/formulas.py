@@ -1319,13 +1319,3 @@ class FormulaShard:
             image = compose_formula(ink, rng, self.padding, self.blur_p, self.noise_p)
             items.append(ShardItem(plan, image, handwriting=hand))
         return items
-
-
-def __getattr__(name: str) -> Any:
-    # FormulaRows moved to ocrjobs.training.rows; Ray pickles name a class by its module, so data tasks of
-    # a training run started before the move still find it here.
-    if name == "FormulaRows":
-        from ocrjobs.training.rows import FormulaRows
-
-        return FormulaRows
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -257,15 +257,9 @@ class BulkConfig(StrictModel):
     @field_validator("recognizer")
     @classmethod
     def _recognizer_list(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an empty list of recognizers")
-            from ocrjobs.recognition.ensemble import member_names
+        from ocrjobs.recognition.ensemble import folder_or_members
 
-            member_names(value)  # the same folder twice is an error
-            if len(value) == 1:
-                return value[0]
-        return value
+        return folder_or_members(value, "recognizers")
 
     @property
     def recognizers(self) -> list[str]:

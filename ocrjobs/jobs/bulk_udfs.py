@@ -567,26 +567,21 @@ class RecognizeStage:
 
     def _lines_of(
         self, batch: pa.Table, ok: list[int]
-    ) -> tuple[list[list[np.ndarray]], list[list[list[float]]], list[list[float | None]]]:
-        """Per ok row: its crops, flat polygons and detection scores."""
+    ) -> tuple[list[list[np.ndarray]], list[list[Any]], list[list[float | None]]]:
+        """Per ok row: its crops, polygons and detection scores."""
         if "crops" not in batch.column_names:
+            from ocrjobs.pipeline import Detection
+
             pixels = batch.column("pixels").combine_chunks()
             widths = batch.column("width").to_pylist()
             heights = batch.column("height").to_pylist()
-            crops: list[list[np.ndarray]] = []
-            polygons: list[list[list[float]]] = []
-            scores: list[list[float | None]] = []
-            for i in ok:
-                w, h = float(widths[i]), float(heights[i])
-                crops.append([_image(pixels[i].as_buffer(), heights[i], widths[i])])
-                polygons.append([[0.0, 0.0, w, 0.0, w, h, 0.0, h]])
-                scores.append([None])
-            return crops, polygons, scores
+            lines = [Detection.whole_image(_image(pixels[i].as_buffer(), heights[i], widths[i])) for i in ok]
+            return [d.crops for d in lines], [list(d.polygons) for d in lines], [d.scores for d in lines]
         all_crops = batch.column("crops").to_pylist()
         all_sizes = batch.column("crop_sizes").to_pylist()
         all_polygons = batch.column("polygons").to_pylist()
         all_scores = batch.column("det_scores").to_pylist()
-        crops = []
+        crops: list[list[np.ndarray]] = []
         for i in ok:
             sizes = all_sizes[i]
             crops.append(

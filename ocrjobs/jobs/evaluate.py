@@ -105,15 +105,9 @@ class EvalConfig(StrictModel):
     @field_validator("model", "rec_model")
     @classmethod
     def _model_list(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("an empty list of models")
-            from ocrjobs.recognition.ensemble import member_names
+        from ocrjobs.recognition.ensemble import folder_or_members
 
-            member_names(value)  # the same folder twice is an error
-            if len(value) == 1:
-                return value[0]
-        return value
+        return folder_or_members(value, "models")
 
     @property
     def models(self) -> list[str]:

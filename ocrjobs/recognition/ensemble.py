@@ -42,7 +42,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 import numpy as np
 
@@ -60,6 +60,7 @@ __all__ = [
     "SyncMember",
     "combine",
     "ensemble_drop_score",
+    "folder_or_members",
     "member_names",
     "member_weights",
     "run_ensemble",
@@ -283,6 +284,32 @@ class Member:
             "device": str(p.device),
             "drop_score": p.drop_score,
         }
+
+
+@overload
+def folder_or_members(value: str | list[str], what: str) -> str | list[str]: ...
+
+
+@overload
+def folder_or_members(value: None, what: str) -> None: ...
+
+
+def folder_or_members(value: str | list[str] | None, what: str) -> str | list[str] | None:
+    """A config's recognizer field as given: one folder, or a list of folders read as their ensemble.
+
+    The list must be non-empty and name no folder twice (:func:`member_names`); a one-item list is
+    that folder. The bulk job's ``recognizer`` and eval's ``model``/``rec_model`` validate with it.
+
+    Raises:
+        ValueError: an empty list (``what`` names it in the message) or a folder named twice.
+    """
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"an empty list of {what}")
+        member_names(value)  # the same folder twice is an error
+        if len(value) == 1:
+            return value[0]
+    return value
 
 
 def member_names(paths: Sequence[str | Path]) -> list[str]:

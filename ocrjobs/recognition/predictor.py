@@ -63,9 +63,11 @@ __all__ = [
     "RecognizedText",
     "check_model_kind",
     "ctc_batch_width",
+    "is_tall",
     "latex_predictor_from_model_dir",
     "orient_crop",
     "resize_crop",
+    "resized_width",
     "to_batch",
 ]
 
@@ -111,10 +113,20 @@ def orient_crop(crop: np.ndarray, min_aspect: float = MIN_ASPECT) -> np.ndarray:
     Returns:
         The crop, turned or as given.
     """
-    h, w = crop.shape[:2]
-    if w < min_aspect * h:
+    if is_tall(crop, min_aspect):
         return np.ascontiguousarray(np.rot90(crop))
     return crop
+
+
+def is_tall(crop: np.ndarray, min_aspect: float = MIN_ASPECT) -> bool:
+    """Whether :func:`orient_crop` turns this crop (its ``w / h`` is below ``min_aspect``)."""
+    h, w = crop.shape[:2]
+    return bool(w < min_aspect * h)
+
+
+def resized_width(height_px: int, width_px: int, height: int, max_width: int) -> int:
+    """The width :func:`resize_crop` gives a ``height_px x width_px`` crop."""
+    return min(max_width, max(1, round(width_px * height / height_px)))
 
 
 def resize_crop(crop: np.ndarray, height: int, max_width: int) -> np.ndarray:
@@ -129,7 +141,7 @@ def resize_crop(crop: np.ndarray, height: int, max_width: int) -> np.ndarray:
         ``[height, w', 3]`` uint8 with ``1 <= w' <= max_width``.
     """
     h, w = crop.shape[:2]
-    new_w = min(max_width, max(1, round(w * height / h)))
+    new_w = resized_width(h, w, height, max_width)
     # INTER_AREA averages when shrinking (no aliasing of thin strokes); linear when enlarging.
     interpolation = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
     return cv2.resize(crop, (new_w, height), interpolation=interpolation)
@@ -356,12 +368,11 @@ class RecognitionPredictor:
     ) -> list[tuple[float, float]] | None:
         """A CTC hypothesis's character frames as fractions of the crop's width (see
         :class:`RecognizedText`)."""
-        if hyp.frames is None or len(hyp.frames) != len(hyp.text) or orient_crop(crop) is not crop:
+        if hyp.frames is None or len(hyp.frames) != len(hyp.text) or is_tall(crop):
             return None
         # The crop was resized to the model height (width squeezed to at most self.width) and padded
         # on the right to the batch width; frame t covers [t, t + 1) * batch_width / n_frames.
-        h, w = crop.shape[:2]
-        resized = min(self.width, max(1, round(w * self.height / h)))
+        resized = resized_width(crop.shape[0], crop.shape[1], self.height, self.width)
         step = batch_width / n_frames / resized
         return [(min(1.0, a * step), min(1.0, (z + 1) * step)) for a, z in hyp.frames]
 

@@ -392,11 +392,16 @@ class ServeConfig(StrictModel):
     auth: AuthConfig = Field(default_factory=AuthConfig)
 
     @model_validator(mode="after")
-    def _unique_members(self) -> ServeConfig:
+    def _someone_votes(self) -> ServeConfig:
         for section in ("members", "formulas"):
             members = getattr(self, section)
             if members and not any(m.weight > 0 for m in members):
                 raise ValueError(f"{section}: at least one member needs a weight above 0")
+        return self
+
+    @model_validator(mode="after")
+    def _unique_members(self) -> ServeConfig:
+        for section in ("members", "formulas"):
             names = [m.resolved_name for m in getattr(self, section)]
             repeated = sorted({n for n in names if names.count(n) > 1})
             if repeated:
