@@ -26,10 +26,12 @@ import pyclipper
 from shapely.geometry import Polygon
 
 __all__ = [
+    "VERTICAL_RATIO",
     "clip_polygon",
     "crop_polygon",
     "crop_quad",
     "expand_shrunk_polygon",
+    "is_turned",
     "min_area_quad",
     "order_quad",
     "polygon_area",
@@ -281,27 +283,54 @@ def clip_polygon(poly: np.ndarray, width: int, height: int) -> np.ndarray:
     return p
 
 
-def crop_quad(
-    polygon: np.ndarray | Sequence[Sequence[float]], vertical_ratio: float | None = 1.5
-) -> np.ndarray:
-    """The quad :func:`crop_polygon` maps onto its crop, corners in the crop's order: its top-left,
-    top-right, bottom-right and bottom-left (see the orientation rule there).
+VERTICAL_RATIO = 1.5
+"""A region more than this many times taller than wide is a line printed along the page's height."""
+
+
+def is_turned(polygon: np.ndarray | Sequence[Sequence[float]]) -> bool:
+    """Whether :func:`crop_polygon` turns this region a quarter turn (it is taller than
+    :data:`VERTICAL_RATIO` times its width): a line printed along the page's height, whose crop may then
+    read upside down (:func:`ocrjobs.pipeline.crops_to_read` reads such crops both ways).
+
+    >>> is_turned([[0, 0], [20, 0], [20, 100], [0, 100]]), is_turned([[0, 0], [100, 0], [100, 20], [0, 20]])
+    (True, False)
 
     Raises:
         ValueError: ``polygon`` has fewer than 3 points.
     """
+    _, width_px, height_px = _quad_and_size(polygon)
+    return bool(height_px > VERTICAL_RATIO * width_px)
+
+
+def _quad_and_size(polygon: np.ndarray | Sequence[Sequence[float]]) -> tuple[np.ndarray, float, float]:
+    """The region's quad (tl, tr, br, bl) and its mean width and height along its sides."""
     p = _as_points(polygon)
     if len(p) < 3:
         raise ValueError(f"crop_polygon needs at least 3 points, got {len(p)}")
     quad = order_quad(p) if len(p) == 4 else min_area_quad(p)
     sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)  # top, right, bottom, left
-    width_px, height_px = (sides[0] + sides[2]) / 2.0, (sides[1] + sides[3]) / 2.0
+    return quad, float(sides[0] + sides[2]) / 2.0, float(sides[1] + sides[3]) / 2.0
+
+
+def crop_quad(
+    polygon: np.ndarray | Sequence[Sequence[float]],
+    vertical_ratio: float | None = VERTICAL_RATIO,
+    upside_down: bool = False,
+) -> np.ndarray:
+    """The quad :func:`crop_polygon` maps onto its crop, corners in the crop's order: its top-left,
+    top-right, bottom-right and bottom-left (see the orientation rule there); ``upside_down`` gives
+    the quad of that crop turned 180°.
+
+    Raises:
+        ValueError: ``polygon`` has fewer than 3 points.
+    """
+    quad, width_px, height_px = _quad_and_size(polygon)
     if vertical_ratio is not None and height_px > vertical_ratio * width_px:
         # The long edges are right (tr -> br, start 1) and left (bl -> tl, start 3): the one with the
         # larger rightward component becomes the top edge.
         start = 1 if quad[2, 0] - quad[1, 0] >= quad[0, 0] - quad[3, 0] else 3
         quad = np.roll(quad, -start, axis=0)
-    return quad
+    return np.roll(quad, 2, axis=0) if upside_down else quad
 
 
 def span_quad(quad: np.ndarray, start: float, end: float) -> np.ndarray:
@@ -321,7 +350,7 @@ def crop_polygon(
     image: np.ndarray,
     polygon: np.ndarray,
     height: int | None = None,
-    vertical_ratio: float | None = 1.5,
+    vertical_ratio: float | None = VERTICAL_RATIO,
 ) -> np.ndarray:
     """Cut a text region out of an image, rectified to an upright axis-aligned crop.
 

@@ -9,6 +9,9 @@ Serve requests and handles, a loop over a dataset):
 2. recognition: a reader reads all crops of the batch in one call (a
    :class:`~ocrjobs.recognition.predictor.RecognitionPredictor`, an in-process
    :class:`~ocrjobs.recognition.ensemble.Ensemble`, or Serve's ensemble over member deployments).
+   The crops to read are :func:`crops_to_read`'s: every region's crop, then the crop of each line
+   printed along the page's height turned 180° (such a line may read either way up; the reading the
+   recognizer is surer of wins in step 3).
 3. :func:`assemble_lines`: each region with its reading becomes a :class:`ocrjobs.results.Line`
    (ensemble members' own readings included, and word boxes where a CTC recognizer's alignment
    places its characters: :func:`ocrjobs.results.words_from_spans`); lines read under the reader's
@@ -31,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ocrjobs.geometry import crop_polygon
+from ocrjobs.geometry import crop_polygon, is_turned
 from ocrjobs.results import Line, Word, words_from_spans
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ __all__ = [
     "Reader",
     "Reading",
     "assemble_lines",
+    "crops_to_read",
     "detect_and_crop",
     "keep_line",
     "ocr_images",
@@ -49,6 +53,7 @@ __all__ = [
     "predictor_overrides",
     "read_detections",
     "split_counts",
+    "turned_regions",
 ]
 
 
@@ -131,6 +136,32 @@ def detect_and_crop(
     return out
 
 
+def turned_regions(polygons: Sequence[Any], det_scores: Sequence[float | None]) -> list[int]:
+    """The detected regions whose crops :func:`~ocrjobs.geometry.crop_polygon` turned a quarter turn
+    (lines printed along the page's height, :func:`~ocrjobs.geometry.is_turned`): they may read
+    either way up. A whole-image line (no detection score) is read as it is given."""
+    return [
+        i
+        for i, (polygon, det) in enumerate(zip(polygons, det_scores, strict=True))
+        if det is not None and is_turned(np.asarray(polygon, np.float32).reshape(-1, 2))
+    ]
+
+
+def crops_to_read(
+    polygons: Sequence[Any], det_scores: Sequence[float | None], crops: Sequence[np.ndarray]
+) -> list[np.ndarray]:
+    """What a reader reads for one page: every region's crop, then each :func:`turned_regions` crop
+    turned 180° (:func:`assemble_lines` keeps the surer of its two readings).
+
+    >>> crop = np.arange(6, dtype=np.uint8).reshape(1, 2, 3)
+    >>> tall, wide = [[0, 0], [10, 0], [10, 40], [0, 40]], [[0, 0], [40, 0], [40, 10], [0, 10]]
+    >>> [c[0, :, 0].tolist() for c in crops_to_read([tall, wide], [0.9, 0.9], [crop, crop])]
+    [[0, 3], [0, 3], [3, 0]]
+    """
+    extra = [np.ascontiguousarray(np.rot90(crops[i], 2)) for i in turned_regions(polygons, det_scores)]
+    return [*crops, *extra]
+
+
 def _members(reading: Any) -> list[dict[str, Any]] | None:
     """Each ensemble member's own reading (``{"name", "text", "score"}``), ``None`` for one recognizer."""
     members = getattr(reading, "members", None)
@@ -139,7 +170,7 @@ def _members(reading: Any) -> list[dict[str, Any]] | None:
     return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in members]
 
 
-def _words(reading: Any, polygon: Any) -> list[Word] | None:
+def _words(reading: Any, polygon: Any, upside_down: bool) -> list[Word] | None:
     """A line's word boxes from where its recognizer read each character (CTC models), else
     ``None`` (exporters then split the line in proportion to its text)."""
     spans = getattr(reading, "char_spans", None)
@@ -148,7 +179,7 @@ def _words(reading: Any, polygon: Any) -> list[Word] | None:
     scores = getattr(reading, "char_scores", None)
     if scores is not None and len(scores) != len(reading.text):
         scores = None
-    return words_from_spans(reading.text, polygon, spans, scores, float(reading.score))
+    return words_from_spans(reading.text, polygon, spans, scores, float(reading.score), upside_down)
 
 
 def assemble_lines(
@@ -162,14 +193,30 @@ def assemble_lines(
     Args:
         polygons: each region's polygon (``[n, 2]`` or flat ``[x0, y0, ...]``) in page pixels.
         det_scores: each region's detection score (``None`` for a whole-image line).
-        readings: each region's reading (``RecognizedText`` or ``EnsembleResult``).
+        readings: the reader's readings of :func:`crops_to_read` (``RecognizedText`` or
+            ``EnsembleResult``): one per region, then one per turned region read upside down; of a
+            turned region's two readings the higher-scored one is kept (the first on a tie).
         drop_score: lines read with a lower confidence leave the page (:func:`keep_line`; 0 keeps all).
 
     Returns:
         The kept lines.
+
+    Raises:
+        ValueError: ``readings`` is not one per crop of :func:`crops_to_read`.
     """
+    turned = turned_regions(polygons, det_scores)
+    if len(readings) != len(polygons) + len(turned):
+        raise ValueError(
+            f"{len(readings)} readings for {len(polygons)} regions of which {len(turned)} are turned: "
+            "read the crops of crops_to_read"
+        )
+    chosen = list(readings[: len(polygons)])
+    flipped = [False] * len(polygons)
+    for i, other in zip(turned, readings[len(polygons) :], strict=True):
+        if float(other.score) > float(chosen[i].score):
+            chosen[i], flipped[i] = other, True
     lines = []
-    for polygon, det, reading in zip(polygons, det_scores, readings, strict=True):
+    for polygon, det, reading, upside_down in zip(polygons, det_scores, chosen, flipped, strict=True):
         score = float(reading.score)
         if not keep_line(reading.text, score, drop_score):
             continue
@@ -180,7 +227,7 @@ def assemble_lines(
                 det_score=None if det is None else float(det),
                 rec_score=score,
                 members=_members(reading),
-                words=_words(reading, polygon),
+                words=_words(reading, polygon, upside_down),
             )
         )
     return lines
@@ -230,8 +277,9 @@ def read_detections(
     Returns:
         One list of lines per page.
     """
-    crops = [crop for d in detections for crop in d.crops]
-    readings = split_counts(reader(crops) if crops else [], [len(d.crops) for d in detections])
+    pages = [crops_to_read(d.polygons, d.scores, d.crops) for d in detections]
+    crops = [crop for page in pages for crop in page]
+    readings = split_counts(reader(crops) if crops else [], [len(page) for page in pages])
     floor = reader.drop_score if drop_score is None else drop_score
     return [
         assemble_lines(d.polygons, d.scores, page, floor)

@@ -446,6 +446,7 @@ def words_from_spans(
     spans: Sequence[tuple[float, float]],
     char_scores: Sequence[float] | None = None,
     score: float | None = None,
+    upside_down: bool = False,
 ) -> list[Word]:
     """Word boxes from where the recognizer read each character (a CTC model's alignment).
 
@@ -464,6 +465,7 @@ def words_from_spans(
         spans: one ``(start, end)`` per character of ``text``.
         char_scores: one confidence per character; a word's score is their mean.
         score: the score of every word when ``char_scores`` is not given.
+        upside_down: the spans are along the crop turned 180° (a vertical line read the other way).
 
     Returns:
         One :class:`Word` per whitespace-separated token, in reading order.
@@ -480,7 +482,7 @@ def words_from_spans(
 
     if len(spans) != len(text) or (char_scores is not None and len(char_scores) != len(text)):
         raise ValueError(f"{len(text)} characters but {len(spans)} spans / {len(char_scores or [])} scores")
-    quad = crop_quad(_as_polygon(polygon))
+    quad = crop_quad(_as_polygon(polygon), upside_down=upside_down)
     centres = [(s + e) / 2.0 for s, e in spans]
     # The line's character pitch: how far a word may reach past its first and last characters' frames
     # (emissions sit in the left part of a glyph: half a pitch to the left, a whole one to the right).

@@ -9,7 +9,9 @@ Pillow's FreeType bindings with the DejaVu and STIX fonts that ship inside matpl
   :class:`~ocrjobs.data.augment.Augmenter`, then cropped around the moved text box with a little random
   padding, as a detector's crop would be, and scaled to a fixed height.
 * :func:`render_document` / :class:`DocumentGenerator`: receipts (narrow column, centred header,
-  item-left/price-right rows, unlabelled dashed separators, mostly monospace) and pages (paragraphs),
+  item-left/price-right rows, unlabelled dashed separators, mostly monospace), pages (paragraphs) and
+  forms (fields on rules, checkboxes, tables, a document number printed vertically in a margin, punch
+  holes, specks, bands and signatures left unlabelled, often faxed by :func:`scan_degrade`),
   optionally faded like thermal paper, laid on a darker table and photographed (perspective, lighting)
   by :data:`DOCUMENT_CAPTURE`. One :class:`~ocrjobs.data.records.Region` per text line, SROIE's unit,
   whose quad is the line's rendered ink box moved by exactly the transforms applied to the pixels.
@@ -65,6 +67,7 @@ __all__ = [
     "render_document",
     "render_line",
     "restrict_to_charset",
+    "scan_degrade",
 ]
 
 DEFAULT_CHARSET = "".join(chr(c) for c in range(32, 127))
@@ -88,7 +91,7 @@ FONTS: dict[str, str] = {
     "stix-italic": "STIXGeneralItalic.ttf",
 }
 
-DOCUMENT_KINDS = ("receipt", "page")
+DOCUMENT_KINDS = ("receipt", "page", "form")
 
 # Used when no SROIE vocabulary is given, so `ocrjobs synth` works out of the box.
 _FALLBACK_WORDS = """
@@ -944,6 +947,197 @@ def _render_page(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.nda
     return _texture(height, width, _random_paper_colour(rng), rng.uniform(1.0, 4.0), rng), page
 
 
+# Forms (FUNSD-like scans): labelled fields on rules, checkboxes, tables, document numbers printed
+# vertically in a margin, and the unlabelled marks a scanner picks up (punch holes, specks, bands,
+# signatures) that a detector must learn not to call text.
+
+
+def _rule(page: _Page, x0: float, x1: float, y: float, thickness: int, level: int = 255) -> None:
+    """An unlabelled horizontal rule from ``x0`` to ``x1`` at height ``y``."""
+    h, w = page.alpha.shape
+    a, b = max(0, round(x0)), min(w, round(x1))
+    top = max(0, round(y))
+    region = page.alpha[top : min(h, top + thickness), a:b]
+    np.maximum(region, level, out=region)
+
+
+def _checkbox(page: _Page, x: float, baseline: float, size: int, rng: np.random.Generator) -> float:
+    """An unlabelled checkbox whose bottom sits on ``baseline``, ticked (check mark or cross) or empty;
+    returns its width."""
+    side = max(5, round(size * rng.uniform(0.6, 0.95)))
+    x0, y1 = round(x), round(baseline)
+    y0 = y1 - side
+    thickness = 1 if side < 14 else int(rng.integers(1, 3))
+    cv2.rectangle(page.alpha, (x0, y0), (x0 + side, y1), 255, thickness)
+    r = rng.random()
+    pen = max(1, round(side / rng.uniform(5.0, 9.0)))
+    if r < 0.35:  # check mark, often overshooting the box as pen ticks do
+        over = rng.uniform(0.0, 0.5) * side
+        points = np.array(
+            [
+                [x0 + 0.15 * side, y0 + 0.55 * side],
+                [x0 + 0.4 * side, y1 - 0.1 * side],
+                [x0 + side + over, y0 - over],
+            ],
+            np.int32,
+        )
+        cv2.polylines(page.alpha, [points], False, 255, pen, cv2.LINE_AA)
+    elif r < 0.6:  # cross
+        cv2.line(page.alpha, (x0, y0), (x0 + side, y1), 255, pen, cv2.LINE_AA)
+        cv2.line(page.alpha, (x0, y1), (x0 + side, y0), 255, pen, cv2.LINE_AA)
+    elif r < 0.7:  # filled
+        cv2.rectangle(page.alpha, (x0, y0), (x0 + side, y1), 255, -1)
+    return float(side)
+
+
+def _draw_vertical(
+    page: _Page, text: str, x: float, y: float, font: ImageFont.FreeTypeFont, upward: bool
+) -> None:
+    """Label ``text`` printed along the page's height with its top-left ink corner at (x, y): read bottom
+    to top (``upward``, turned counter-clockwise) or top to bottom."""
+    ink = _ink(text, font)
+    if ink is None:
+        return
+    alpha = np.rot90(ink[0], 1 if upward else -1)
+    h, w = alpha.shape
+    x0, y0 = round(x), round(y)
+    page_h, page_w = page.alpha.shape
+    if x0 < 0 or y0 < 0 or x0 + w > page_w or y0 + h > page_h:
+        return
+    region = page.alpha[y0 : y0 + h, x0 : x0 + w]
+    np.maximum(region, alpha, out=region)
+    page.boxes.append((x0, y0, x0 + w, y0 + h))
+    page.texts.append(text)
+
+
+def _scan_marks(page: _Page, rng: np.random.Generator, margin: int) -> None:
+    """Unlabelled marks of scanned paper: punch holes, specks, a scanner band, a signature scrawl."""
+    h, w = page.alpha.shape
+    if rng.random() < 0.3:  # two or three punch holes along one side
+        radius = int(rng.integers(6, 14))
+        cx = int(rng.integers(radius + 1, max(radius + 2, margin - radius)))
+        cx = cx if rng.random() < 0.7 else w - cx
+        for cy in np.linspace(h * 0.15, h * 0.85, int(rng.integers(2, 4))):
+            cv2.circle(page.alpha, (cx, round(cy)), radius, int(rng.integers(120, 256)), -1, cv2.LINE_AA)
+    if rng.random() < 0.6:  # specks and dust, more of them on bad copies
+        count = int(rng.integers(20, 400))
+        xs, ys = rng.integers(0, w, count), rng.integers(0, h, count)
+        for sx, sy, r in zip(xs, ys, rng.integers(0, 3, count), strict=True):
+            cv2.circle(page.alpha, (int(sx), int(sy)), int(r), int(rng.integers(100, 256)), -1)
+    if rng.random() < 0.2:  # a scanner band: a faint stripe across the page
+        width = int(rng.integers(2, 12))
+        level = int(rng.integers(30, 110))
+        if rng.random() < 0.5:
+            x = int(rng.integers(0, w - width))
+            np.maximum(page.alpha[:, x : x + width], level, out=page.alpha[:, x : x + width])
+        else:
+            y = int(rng.integers(0, h - width))
+            np.maximum(page.alpha[y : y + width], level, out=page.alpha[y : y + width])
+    if rng.random() < 0.3:  # a signature: a smooth random scrawl
+        n = int(rng.integers(20, 60))
+        walk = np.cumsum(rng.normal(0, 1, (n, 2)) * [6.0, 4.0] + [4.0, 0.0], axis=0).astype(np.float32)
+        smooth = cv2.GaussianBlur(walk.reshape(n, 1, 2), (1, 5), 0).reshape(n, 2)
+        origin = np.array([rng.uniform(margin, w * 0.7), rng.uniform(h * 0.3, h - margin)])
+        points = (smooth + origin).astype(np.int32)
+        cv2.polylines(page.alpha, [points], False, 255, int(rng.integers(1, 4)), cv2.LINE_AA)
+
+
+def _render_form(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.ndarray, _Page]:
+    size = int(rng.integers(11, 25))
+    family = _pick(rng, ("mono", "mono", "sans", "sans", "serif", "serif", "stix"))
+    regular, bold = _font(family, size), _font(family + "-bold", size)
+    width = int(rng.integers(700, 1300))
+    height = round(width * rng.uniform(1.1, 1.414))
+    margin = round(width * rng.uniform(0.07, 0.12))
+    inner = width - 2 * margin
+    line_h = size * rng.uniform(1.5, 2.4)
+    page = _Page(np.zeros((height, width), np.uint8), [], [])
+    y = float(margin)
+    if rng.random() < 0.8:
+        title_font = _font(family + "-bold", round(size * rng.uniform(1.2, 1.8)))
+        title = _fit(sampler.words(rng, 1, 5, _pick(rng, ("title", "upper", "upper"))), title_font, inner)
+        y += title_font.size * 1.2
+        page.draw(title, margin + (inner - title_font.getlength(title)) / 2, y, title_font)
+        y += title_font.size * 0.6
+    while y + 2 * line_h < height - margin:
+        block = _pick(rng, ("fields", "fields", "checks", "table", "prose"))
+        y += line_h * rng.uniform(0.3, 1.0)
+        rows = int(rng.integers(1, 6))
+        if block == "table":
+            columns = int(rng.integers(2, 5))
+            edges = np.sort(rng.uniform(0.15, 0.85, columns - 1)) * inner + margin
+            edges = np.concatenate([[margin], edges, [margin + inner]])
+            thickness = int(rng.integers(1, 3))
+            for _ in range(rows):
+                if y + 2 * line_h > height - margin:
+                    break
+                _rule(page, margin, margin + inner, y, thickness)
+                for left, right in itertools.pairwise(edges):
+                    if rng.random() < 0.8:
+                        text = _fit(sampler.document_line(rng, 30), regular, right - left - size)
+                        page.draw(text, left + size * 0.4, y + line_h * 0.7, regular)
+                y += line_h
+            _rule(page, margin, margin + inner, y, thickness)
+            for x in edges:  # column lines: unlabelled verticals between the texts
+                top = max(0, round(y - line_h * rows))
+                page.alpha[top : round(y), max(0, round(x) - 1) : round(x) + thickness - 1] = 255
+            continue
+        for _ in range(rows):
+            if y + line_h > height - margin:
+                break
+            y += line_h
+            x = float(margin)
+            if block == "prose":
+                page.draw(_fit(sampler.sentence(rng, 4, 14), regular, inner), x, y, regular)
+                continue
+            for _ in range(int(rng.integers(1, 4))):  # one to three fields side by side
+                if block == "checks":
+                    x += _checkbox(page, x, y, size, rng) + size * rng.uniform(0.4, 1.2)
+                label = sampler.words(rng, 1, 3, _pick(rng, ("title", "upper", "asis")))
+                label = _fit(
+                    label + _pick(rng, (":", "", "")), bold if rng.random() < 0.3 else regular, inner / 3
+                )
+                face = bold if label.isupper() and rng.random() < 0.5 else regular
+                page.draw(label, x, y, face)
+                x += face.getlength(label) + size * rng.uniform(0.5, 1.5)
+                if block == "fields":
+                    value_w = inner * rng.uniform(0.15, 0.45)
+                    if rng.random() < 0.6:
+                        _rule(page, x, min(margin + inner, x + value_w), y + size * 0.25, 1)
+                    if rng.random() < 0.7:
+                        value = _fit(sampler.document_line(rng, 30), regular, value_w)
+                        page.draw(value, x + size * 0.3, y, regular)
+                    x += value_w + size
+                if x > margin + inner * 0.75:
+                    break
+    if rng.random() < 0.7:  # a document number printed vertically in a side margin
+        number = _digits(rng, int(rng.integers(5, 11)))
+        font = _font(_pick(rng, ("mono", "sans", "serif")), int(rng.integers(12, 22)))
+        span = float(font.getlength(number))
+        x = rng.uniform(2, max(3.0, margin - size * 1.5))
+        x = x if rng.random() < 0.3 else width - x - size * 1.2
+        page_y = rng.uniform(margin, max(margin + 1.0, height - margin - span))
+        _draw_vertical(page, number, x, page_y, font, upward=rng.random() < 0.5)
+    _scan_marks(page, rng, margin)
+    return _texture(height, width, _random_paper_colour(rng), rng.uniform(0.5, 3.0), rng), page
+
+
+def scan_degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A fax or photocopy of ``image``: sampled at a lower resolution, often thresholded to black and
+    white, and blurred back to size (thin strokes break, small print blots)."""
+    h, w = image.shape[:2]
+    factor = rng.uniform(0.55, 0.85)
+    small = cv2.resize(
+        image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=cv2.INTER_AREA
+    )
+    if rng.random() < 0.7:
+        gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        _, binary = cv2.threshold(gray, int(rng.integers(120, 175)), 255, cv2.THRESH_BINARY)
+        small = cv2.cvtColor(binary, cv2.COLOR_GRAY2RGB)
+    interpolation = cv2.INTER_NEAREST if rng.random() < 0.5 else cv2.INTER_LINEAR
+    return cv2.resize(small, (w, h), interpolation=interpolation)
+
+
 def _place_on_table(
     image: np.ndarray, quads: list[np.ndarray], rng: np.random.Generator
 ) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -1000,9 +1194,11 @@ def render_document(
     capture: Augmenter | None = DOCUMENT_CAPTURE,
     fade_p: float = 0.4,
     background_p: float = 0.8,
+    scan_p: float = 0.5,
+    photo_p: float = 0.3,
     max_side: int = 1600,
 ) -> tuple[np.ndarray, list[Region]]:
-    """Render a receipt or page with one labelled quad per text line.
+    """Render a receipt, page or form with one labelled quad per text line.
 
     The document is laid out on textured paper; when ``capture`` is given, a receipt may then fade
     like thermal paper (``fade_p``), the document may be laid on a darker table (``background_p``),
@@ -1011,11 +1207,13 @@ def render_document(
 
     Args:
         rng: source of randomness.
-        kind: ``"receipt"`` or ``"page"``.
+        kind: ``"receipt"``, ``"page"`` or ``"form"``.
         sampler: where the text comes from; None uses the fallback vocabulary and printable ASCII.
         capture: photographing distortions; None gives the clean, flat render (no fade, no table).
         fade_p: probability of thermal fading (receipts, with ``capture`` only).
         background_p: probability of a table around the document (with ``capture`` only).
+        scan_p: probability that a form is faxed or photocopied (:func:`scan_degrade`).
+        photo_p: probability that a form is photographed by ``capture`` rather than scanned flat.
         max_side: the result is shrunk so that its longer side is at most this.
 
     Returns:
@@ -1027,9 +1225,14 @@ def render_document(
     if kind not in DOCUMENT_KINDS:
         raise ValueError(f"kind must be one of {DOCUMENT_KINDS}, got {kind!r}")
     sampler = sampler if sampler is not None else TextSampler()
-    paper, page = (_render_receipt if kind == "receipt" else _render_page)(rng, sampler)
+    render = {"receipt": _render_receipt, "page": _render_page, "form": _render_form}[kind]
+    paper, page = render(rng, sampler)
     ink_colour = _random_ink(rng) if kind == "receipt" else np.full(3, rng.uniform(0, 60), np.float32)
     image = _composite(paper, page.alpha, ink_colour)
+    if kind == "form" and rng.random() < scan_p:
+        image = scan_degrade(image, rng)
+    if kind == "form" and rng.random() > photo_p:
+        capture = None  # most forms are flat scans, not photographs
     quads = [
         np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
         for x0, y0, x1, y1 in _padded(page.boxes, rng)
@@ -1066,7 +1269,7 @@ class DocumentGenerator:
         vocab: words for :class:`TextSampler` (empty: :data:`FALLBACK_VOCABULARY`).
         charset: characters the texts may contain.
         seed: the data set's seed; sample ``i`` depends only on ``(seed, i)``.
-        kind: ``"receipt"`` or ``"page"``.
+        kind: ``"receipt"``, ``"page"`` or ``"form"``.
         capture: photographing distortions (see :func:`render_document`); None for flat renders.
         max_side: longest side of the output images.
     """

@@ -57,7 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="data set seed (default 0)")
     parser.add_argument("--start", type=int, default=0, help="index of the first item (default 0)")
     parser.add_argument(
-        "--kind", choices=("receipt", "page"), default="receipt", help="document layout (documents only)"
+        "--kind",
+        choices=("receipt", "page", "form"),
+        default="receipt",
+        help="document layout (documents only)",
     )
     parser.add_argument(
         "--vocab-from",

@@ -605,10 +605,11 @@ class RecognizeStage:
         crops, polygons, det_scores = self._lines_of(batch, ok)
         # Pages (detected lines) drop lines read under the recognizer's drop_score; an input that is
         # itself a line (recognize, latex) keeps its reading whatever its score.
-        from ocrjobs.pipeline import assemble_lines, page_text
+        from ocrjobs.pipeline import assemble_lines, crops_to_read, page_text
 
         drop = self.drop_score if "crops" in batch.column_names else 0.0
-        results = _run_isolated(lambda items: list(self.read(items)), crops)
+        to_read = [crops_to_read(p, d, c) for p, d, c in zip(polygons, det_scores, crops, strict=True)]
+        results = _run_isolated(lambda items: list(self.read(items)), to_read)
         for k, (i, result) in enumerate(zip(ok, results, strict=True)):
             if isinstance(result, Exception):
                 errors[i], details[i] = "recognition_failed", _failure(result)

@@ -77,7 +77,14 @@ from starlette.requests import ClientDisconnect
 from ocrjobs import __version__
 from ocrjobs.documents import DocumentError, is_pdf, open_document
 from ocrjobs.images import ImageDecodeError, decode_image
-from ocrjobs.pipeline import Detection, assemble_lines, detect_and_crop, page_text, split_counts
+from ocrjobs.pipeline import (
+    Detection,
+    assemble_lines,
+    crops_to_read,
+    detect_and_crop,
+    page_text,
+    split_counts,
+)
 from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, ensemble_drop_score, run_ensemble_async
 from ocrjobs.results import Line
 from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
@@ -1069,7 +1076,8 @@ class OcrApi:
     async def _ocr_page(self, image: np.ndarray) -> OcrResponse:
         """Detection, then the ensemble over the page's crops."""
         detection: Detection = await self.detector.detect.remote(image)
-        results = await run_ensemble_async(self.members, detection.crops) if detection.crops else []
+        crops = crops_to_read(detection.polygons, detection.scores, detection.crops)
+        results = await run_ensemble_async(self.members, crops) if crops else []
         await self._model_versions()  # the members' drop_score, asked once
         lines = assemble_lines(detection.polygons, detection.scores, results, self._drop_score)
         return OcrResponse(

@@ -166,7 +166,7 @@ def test_polygons_follow_the_capture_distortion(kind: str) -> None:
     tilt = Augmenter(rotate_p=1.0, max_rotate_deg=6.0, perspective_p=1.0, perspective_strength=0.08)
     flat, flat_regions = S.render_document(np.random.default_rng(7), kind, capture=None)
     warped, regions = S.render_document(
-        np.random.default_rng(7), kind, capture=tilt, fade_p=0.0, background_p=0.0, max_side=4000
+        np.random.default_rng(7), kind, capture=tilt, fade_p=0.0, background_p=0.0, photo_p=1.0, max_side=4000
     )
     assert [r.text for r in regions] == [r.text for r in flat_regions]
     assert warped.shape != flat.shape
@@ -188,6 +188,35 @@ def test_document_with_table_and_capture_keeps_polygons_in_the_image() -> None:
             p = r.polygon()
             assert p.min() >= 0 and (p[:, 0] <= w).all() and (p[:, 1] <= h).all()
             assert set(r.text) <= set(S.DEFAULT_CHARSET)
+
+
+def test_forms_print_document_numbers_along_the_margin_and_leave_marks_unlabelled() -> None:
+    gen = S.DocumentGenerator(seed=0, kind="form", capture=None)
+    vertical = []
+    for i in range(8):
+        image, regions = gen.sample(i)
+        w = image.shape[1]
+        for r in regions:
+            (x0, y0), (x1, y1) = r.polygon().min(axis=0), r.polygon().max(axis=0)
+            if y1 - y0 > 2 * (x1 - x0):
+                vertical.append(r.text)
+                assert r.text.isdigit() and (x1 < 0.2 * w or x0 > 0.8 * w)  # a number, in a side margin
+        assert any(any(c.islower() for c in r.text) for r in regions)  # forms are in mixed case
+    assert len(vertical) >= 3
+    # Checkboxes, rules, specks and punch holes are ink outside every label: a detector must learn to
+    # leave them out.
+    image, regions = S.render_document(np.random.default_rng(3), "form", capture=None, scan_p=0.0)
+    dark = _dark(image)
+    assert dark[~_fill([r.polygon() for r in regions], image.shape)].sum() > 200
+
+
+def test_scan_degrade_keeps_the_layout_and_coarsens_the_print() -> None:
+    image, _ = S.render_document(np.random.default_rng(1), "form", capture=None, scan_p=0.0)
+    faxed = S.scan_degrade(image, np.random.default_rng(0))
+    assert faxed.shape == image.shape and faxed.dtype == np.uint8
+    a, b = _dark(image), _dark(faxed)
+    assert (a & b).sum() > 0.5 * a.sum()  # the same ink, roughly where it was
+    assert not np.array_equal(image, faxed)
 
 
 def test_document_generator_is_deterministic() -> None:
