@@ -44,6 +44,7 @@ __all__ = [
     "jpeg_artifacts",
     "lighting_gradient",
     "motion_blur",
+    "quarter_turn",
     "random_crop_keep_text",
     "random_perspective",
     "random_rotate",
@@ -176,6 +177,27 @@ def random_rotate(
     angle = rng.uniform(-max_deg, max_deg)
     matrix, size = _expand_canvas(_rotation_matrix(angle, w, h), w, h)
     return warp_perspective(image, polys, matrix, size, fill)
+
+
+def quarter_turn(
+    image: np.ndarray, polys: Sequence[np.ndarray], clockwise: bool
+) -> tuple[np.ndarray, Polygons]:
+    """Turn the image a quarter turn, exactly (no interpolation), with its polygons.
+
+    >>> image = np.zeros((20, 50, 3), np.uint8)
+    >>> turned, (poly,) = quarter_turn(image, [np.array([[0, 0], [50, 0], [50, 10], [0, 10]])], True)
+    >>> turned.shape[:2], poly.tolist()
+    ((50, 20), [[20.0, 0.0], [20.0, 50.0], [10.0, 50.0], [10.0, 0.0]])
+    """
+    h = image.shape[0]
+    w = image.shape[1]
+    out = []
+    for p in polys:
+        q = np.asarray(p, np.float32).reshape(-1, 2)
+        # Pixel edges map exactly: clockwise (x, y) -> (h - y, x); counter-clockwise (x, y) -> (y, w - x).
+        turned = np.stack([h - q[:, 1], q[:, 0]], 1) if clockwise else np.stack([q[:, 1], w - q[:, 0]], 1)
+        out.append(turned.astype(np.float32))
+    return np.ascontiguousarray(np.rot90(image, -1 if clockwise else 1)), out
 
 
 def random_scale(
@@ -624,12 +646,15 @@ def _check_range(name: str, value: tuple[float, float]) -> None:
 class Augmenter:
     """A fixed pipeline of augmentations, each applied with its probability.
 
-    Order: binarise -> scale -> rotate + shear + perspective (one warp) -> crop -> lighting -> thermal
+    Order: binarise -> quarter turn -> scale -> rotate + shear + perspective (one warp) -> crop -> lighting -> thermal
     fade -> colour -> blur (Gaussian or motion) -> noise -> JPEG. Derive variants with
     :func:`dataclasses.replace`. A step whose probability is 0 draws no random number, so adding a step
     leaves the samples of presets that do not use it unchanged.
 
     Attributes:
+        quarter_turn_p: probability of :func:`quarter_turn` (either way, evenly), after binarising: every
+            line of the page then runs along the image's height, as document numbers printed in
+            margins and table headers turned on their side do, so a detector sees many such lines.
         binarize_p: probability of :func:`adaptive_binarize` with ``binarize_block`` and ``binarize_offset``
             (first, so the later warp and photometric steps soften the hard edges like a scan would).
         scale_p: probability of :func:`random_scale`, with ``scale_range`` and ``aspect_jitter``.
@@ -671,6 +696,7 @@ class Augmenter:
     binarize_p: float = 0.0
     binarize_block: int = 25
     binarize_offset: float = 15.0
+    quarter_turn_p: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -710,6 +736,8 @@ class Augmenter:
         # Steps added after the first presets draw only when enabled: old presets keep their samples.
         if self.binarize_p > 0 and rng.random() < self.binarize_p:
             image = adaptive_binarize(image, self.binarize_block, self.binarize_offset)
+        if self.quarter_turn_p > 0 and rng.random() < self.quarter_turn_p:
+            image, out = quarter_turn(image, out, clockwise=bool(rng.random() < 0.5))
         if rng.random() < self.scale_p:
             image, out = random_scale(image, out, self.scale_range, rng, aspect_jitter=self.aspect_jitter)
         # Rotation and perspective share one warp: one interpolation blurs strokes less than two.
