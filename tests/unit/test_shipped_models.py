@@ -66,3 +66,30 @@ def test_shipped_document_recognizer_reads_a_held_out_form_in_its_own_case(share
     assert scores["cer"] < 0.25, scores
     letters = [c for t in texts for c in t if c.isalpha()]
     assert sum(c.islower() for c in letters) / len(letters) > 0.3  # not read in capitals only
+
+
+def test_shipped_pipeline_reads_the_vertical_document_numbers_of_held_out_forms(shared_data: Path) -> None:
+    """dbnet_doc + crnn_doc on the FUNSD dev forms (every 8th, held out of training) whose margins carry
+    a document number printed along the page's height: most come out as one line, read exactly."""
+    import numpy as np
+
+    from ocrjobs.geometry import polygon_iou
+    from ocrjobs.pipeline import ocr_images
+    from ocrjobs.training.config import DataSource
+
+    funsd = str(shared_data / "funsd" / "train")
+    forms = DataSource(uri=funsd, format="sroie", holdout_every=8, holdout=True).select(
+        load_records(funsd, "sroie")
+    )
+    detector = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc")
+    reader = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_doc")
+    wanted = ("00866042.jpg", "01197604.jpg", "92094746.jpg")
+    found = read = 0
+    for form in (f for f in forms if f.uri.endswith(wanted)):
+        (label,) = [r for r in form.regions if r.text in {w.split(".")[0] for w in wanted}]
+        lines = ocr_images([read_image(form.uri)], detector, reader)[0]
+        best = max(lines, key=lambda ln: polygon_iou(np.asarray(ln.polygon).reshape(-1, 2), label.polygon()))
+        if polygon_iou(np.asarray(best.polygon).reshape(-1, 2), label.polygon()) >= 0.5:
+            found += 1
+            read += best.text == label.text
+    assert found == 3 and read >= 2, (found, read)
