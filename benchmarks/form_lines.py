@@ -81,7 +81,7 @@ def _polygon(points: np.ndarray) -> Polygon:
 
 
 def score_page(record: Record, lines: Sequence[Line], tally: Tally) -> None:
-    """Add one page's vertical and noise counts to ``tally``."""
+    """Add one page's vertical, marked and noise counts to ``tally``."""
     for points, text in vertical_labels(record):
         tally.vertical += 1
         best = max(lines, key=lambda line: polygon_iou(line[0], points), default=None)

@@ -655,6 +655,7 @@ class Augmenter:
         quarter_turn_p: probability of :func:`quarter_turn` (either way, evenly), after binarising: every
             line of the page then runs along the image's height, as document numbers printed in
             margins and table headers turned on their side do, so a detector sees many such lines.
+            For detection only: a turned line crop no longer matches its label's reading direction.
         binarize_p: probability of :func:`adaptive_binarize` with ``binarize_block`` and ``binarize_offset``
             (first, so the later warp and photometric steps soften the hard edges like a scan would).
         scale_p: probability of :func:`random_scale`, with ``scale_range`` and ``aspect_jitter``.

@@ -952,13 +952,12 @@ def _render_page(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.nda
 # signatures) that a detector must learn not to call text.
 
 
-def _rule(page: _Page, x0: float, x1: float, y: float, thickness: int, level: int = 255) -> None:
+def _rule(page: _Page, x0: float, x1: float, y: float, thickness: int) -> None:
     """An unlabelled horizontal rule from ``x0`` to ``x1`` at height ``y``."""
     h, w = page.alpha.shape
     a, b = max(0, round(x0)), min(w, round(x1))
     top = max(0, round(y))
-    region = page.alpha[top : min(h, top + thickness), a:b]
-    np.maximum(region, level, out=region)
+    page.alpha[top : min(h, top + thickness), a:b] = 255
 
 
 def _checkbox(page: _Page, x: float, baseline: float, size: int, rng: np.random.Generator) -> float:
@@ -1068,6 +1067,7 @@ def _render_form(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.nda
             edges = np.sort(rng.uniform(0.15, 0.85, columns - 1)) * inner + margin
             edges = np.concatenate([[margin], edges, [margin + inner]])
             thickness = int(rng.integers(1, 3))
+            table_top = y
             for _ in range(rows):
                 if y + 2 * line_h > height - margin:
                     break
@@ -1078,9 +1078,8 @@ def _render_form(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.nda
                         page.draw(text, left + size * 0.4, y + line_h * 0.7, regular)
                 y += line_h
             _rule(page, margin, margin + inner, y, thickness)
-            for x in edges:  # column lines: unlabelled verticals between the texts
-                top = max(0, round(y - line_h * rows))
-                page.alpha[top : round(y), max(0, round(x) - 1) : round(x) + thickness - 1] = 255
+            for x in edges:  # column lines: unlabelled verticals between the texts (of the rows drawn)
+                page.alpha[round(table_top) : round(y), max(0, round(x) - 1) : round(x) + thickness - 1] = 255
             continue
         for _ in range(rows):
             if y + line_h > height - margin:
@@ -1114,8 +1113,8 @@ def _render_form(rng: np.random.Generator, sampler: TextSampler) -> tuple[np.nda
         number = _digits(rng, int(rng.integers(5, 11)))
         font = _font(_pick(rng, ("mono", "sans", "serif")), int(rng.integers(12, 22)))
         span = float(font.getlength(number))
-        x = rng.uniform(2, max(3.0, margin - size * 1.5))
-        x = x if rng.random() < 0.3 else width - x - size * 1.2
+        x = rng.uniform(2, max(3.0, margin - font.size * 1.5))
+        x = x if rng.random() < 0.3 else width - x - font.size * 1.3  # the turned ink is ~a line tall
         page_y = rng.uniform(margin, max(margin + 1.0, height - margin - span))
         _draw_vertical(page, number, x, page_y, font, upward=rng.random() < 0.5)
     _scan_marks(page, rng, margin)

@@ -65,3 +65,25 @@ def test_only_detected_turned_regions_are_read_twice_and_readings_must_match() -
     assert tie[0].text == "a"  # a tie keeps the crop as cut
     with pytest.raises(ValueError, match="crops_to_read"):
         assemble_lines([tall, wide], [0.9, 0.9], [reading, reading], 0.0)
+
+
+def test_bulk_stages_read_vertical_lines_as_the_pipeline_does() -> None:
+    """The shipped detector finds both margin numbers, and the bulk stages (Arrow rows, as on Ray)
+    read them both ways up exactly as the in-process pipeline does."""
+    from ocrjobs.detection.predictor import DetectionPredictor
+    from ocrjobs.jobs.bulk_udfs import DetectStage, RecognizeStage
+    from ocrjobs.pipeline import ocr_images
+    from tests.unit.test_drop_score import _decoded
+
+    image, _, texts = _page_with_vertical_numbers()
+    detector = DetectionPredictor.from_model_dir(REPO / "models" / "dbnet_doc")
+    reader = RecognitionPredictor.from_model_dir(REPO / "models" / "crnn_doc")
+    pipeline = ocr_images([image], detector, reader)[0]
+    assert [line.text for line in pipeline] == texts
+    (row,) = RecognizeStage(str(REPO / "models" / "crnn_doc"))(
+        DetectStage(str(REPO / "models" / "dbnet_doc"))(_decoded(image))
+    ).to_pylist()
+    assert [line["text"] for line in row["lines"]] == texts
+    for bulk, line in zip(row["lines"], pipeline, strict=True):
+        assert bulk["rec_score"] == pytest.approx(line.rec_score, abs=1e-4)
+        assert [w["text"] for w in bulk["words"]] == [w.text for w in line.words or []]
