@@ -28,10 +28,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from shapely.geometry import Polygon
 
 from ocrjobs.data.records import Record
-from ocrjobs.geometry import polygon_iou
+from ocrjobs.geometry import is_turned, polygon_iou, shapely_polygon
 from ocrjobs.images import read_image
 from ocrjobs.training.config import DataSource
 
@@ -55,8 +54,7 @@ class Tally:
 
 
 def _is_vertical(points: np.ndarray, text: str) -> bool:
-    w, h = np.ptp(points[:, 0]), np.ptp(points[:, 1])
-    return bool(h > 1.5 * w and len(text.replace(" ", "")) >= 3)
+    return is_turned(points) and len(text.replace(" ", "")) >= 3
 
 
 def vertical_labels(record: Record) -> list[tuple[np.ndarray, str]]:
@@ -75,34 +73,31 @@ def _marked(read: str, label: str) -> bool:
     return bool(label) and 0 < extra <= 3 and (read.endswith(label) or read.startswith(label))
 
 
-def _polygon(points: np.ndarray) -> Polygon:
-    shape = Polygon(points)
-    return shape if shape.is_valid else shape.buffer(0)
-
-
 def score_page(record: Record, lines: Sequence[Line], tally: Tally) -> None:
     """Add one page's vertical, marked and noise counts to ``tally``."""
     for points, text in vertical_labels(record):
         tally.vertical += 1
-        best = max(lines, key=lambda line: polygon_iou(line[0], points), default=None)
-        if best is None or polygon_iou(best[0], points) < 0.5:
+        ious = [polygon_iou(line[0], points) for line in lines]
+        if not ious or max(ious) < 0.5:
             tally.misread.append(f"{text!r}: not found")
             continue
+        best = lines[int(np.argmax(ious))]
         tally.found += 1
         if best[1].replace(" ", "") == text.replace(" ", ""):
             tally.read += 1
         else:
             tally.misread.append(f"{text!r} -> {best[1]!r}")
-    labels = [_polygon(np.asarray(r.points, np.float64)) for r in record.regions]
+    labels = [shapely_polygon(r.points) for r in record.regions]
     for points, text in lines:
         if not text.strip():
             continue
         tally.lines += 1
-        ious = [polygon_iou(points, np.asarray(r.points, np.float64)) for r in record.regions]
-        if ious and max(ious) >= 0.3 and _marked(text, record.regions[int(np.argmax(ious))].text):
+        ious = [polygon_iou(points, r.points) for r in record.regions]
+        label = record.regions[int(np.argmax(ious))].text if ious and max(ious) >= 0.3 else ""
+        if _marked(text, label):
             tally.marked += 1
-            tally.misread.append(f"marked: {record.regions[int(np.argmax(ious))].text!r} -> {text!r}")
-        shape = _polygon(np.asarray(points, np.float64))
+            tally.misread.append(f"marked: {label!r} -> {text!r}")
+        shape = shapely_polygon(points)
         covered = sum(shape.intersection(label).area for label in labels if shape.intersects(label))
         if covered < 0.1 * max(shape.area, 1e-6):
             tally.noise += 1

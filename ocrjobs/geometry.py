@@ -38,6 +38,7 @@ __all__ = [
     "polygon_iou",
     "polygon_perimeter",
     "reading_order",
+    "shapely_polygon",
     "shrink_polygon",
     "span_quad",
     "unclip_polygon",
@@ -190,7 +191,8 @@ def expand_shrunk_polygon(poly: np.ndarray, shrink_ratio: float) -> np.ndarray:
     return _offset(p, distance, pyclipper.JT_MITER)
 
 
-def _shapely(poly: np.ndarray | Sequence[Sequence[float]]) -> Polygon:
+def shapely_polygon(poly: np.ndarray | Sequence[Sequence[float]]) -> Polygon:
+    """The polygon as a shapely ``Polygon`` (``[n, 2]`` or flat ``[x0, y0, ...]`` points)."""
     shape = Polygon(_as_points(poly))
     # A self-intersecting polygon (e.g. a traced contour) is repaired rather than rejected.
     return shape if shape.is_valid else shape.buffer(0)
@@ -210,7 +212,7 @@ def polygon_iou(
     """
     if len(_as_points(a)) < 3 or len(_as_points(b)) < 3:
         return 0.0
-    pa, pb = _shapely(a), _shapely(b)
+    pa, pb = shapely_polygon(a), shapely_polygon(b)
     union = pa.union(pb).area
     if union <= 0.0:
         return 0.0

@@ -143,7 +143,7 @@ def turned_regions(polygons: Sequence[Any], det_scores: Sequence[float | None]) 
     return [
         i
         for i, (polygon, det) in enumerate(zip(polygons, det_scores, strict=True))
-        if det is not None and is_turned(np.asarray(polygon, np.float32).reshape(-1, 2))
+        if det is not None and is_turned(polygon)
     ]
 
 
