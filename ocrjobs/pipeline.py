@@ -14,7 +14,8 @@ Serve requests and handles, a loop over a dataset):
    recognizer is surer of wins in step 3).
 3. :func:`assemble_lines`: each region with its reading becomes a :class:`ocrjobs.results.Line`
    (ensemble members' own readings included, and word boxes where a CTC recognizer's alignment
-   places its characters: :func:`ocrjobs.results.words_from_spans`); lines read under the reader's
+   places its characters: :func:`ocrjobs.results.words_from_spans`; a turned line read without one is
+   split in proportion to its text along its reading direction); lines read under the reader's
    ``drop_score`` leave the page (:func:`keep_line`). :func:`page_text` joins a page's lines.
 
 :func:`read_detections` is steps 2-3 for a batch of pages and :func:`ocr_images` the whole chain. A
@@ -34,8 +35,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ocrjobs.geometry import crop_polygon, is_turned
-from ocrjobs.results import Line, Word, words_from_spans
+from ocrjobs.geometry import crop_polygon, crop_quad, is_turned
+from ocrjobs.results import Line, Word, split_words, words_from_spans
 
 if TYPE_CHECKING:
     from ocrjobs.detection.predictor import DetectedRegion
@@ -170,12 +171,17 @@ def _members(reading: Any) -> list[dict[str, Any]] | None:
     return [{"name": m.name, "text": m.text, "score": float(m.score)} for m in members]
 
 
-def _words(reading: Any, polygon: Any, upside_down: bool) -> list[Word] | None:
-    """A line's word boxes from where its recognizer read each character (CTC models), else
-    ``None`` (exporters then split the line in proportion to its text)."""
+def _words(reading: Any, polygon: Any, turned: bool, upside_down: bool) -> list[Word] | None:
+    """A line's word boxes from where its recognizer read each character (CTC models). Without that
+    alignment (attention models, ensembles), a turned line's words are split in proportion to its
+    text along its reading direction here, because the exporters' split (``Line.word_boxes``) only
+    knows the page's x axis; other lines get ``None`` and are split by the exporters."""
     spans = getattr(reading, "char_spans", None)
     if spans is None or len(spans) != len(reading.text):
-        return None
+        if not turned:
+            return None
+        quad = crop_quad(np.asarray(polygon, np.float32).reshape(-1, 2), upside_down=upside_down)
+        return split_words(reading.text, quad, float(reading.score))
     scores = getattr(reading, "char_scores", None)
     if scores is not None and len(scores) != len(reading.text):
         scores = None
@@ -212,11 +218,14 @@ def assemble_lines(
         )
     chosen = list(readings[: len(polygons)])
     flipped = [False] * len(polygons)
+    turned_set = set(turned)
     for i, other in zip(turned, readings[len(polygons) :], strict=True):
         if float(other.score) > float(chosen[i].score):
             chosen[i], flipped[i] = other, True
     lines = []
-    for polygon, det, reading, upside_down in zip(polygons, det_scores, chosen, flipped, strict=True):
+    for i, (polygon, det, reading, upside_down) in enumerate(
+        zip(polygons, det_scores, chosen, flipped, strict=True)
+    ):
         score = float(reading.score)
         if not keep_line(reading.text, score, drop_score):
             continue
@@ -227,7 +236,7 @@ def assemble_lines(
                 det_score=None if det is None else float(det),
                 rec_score=score,
                 members=_members(reading),
-                words=_words(reading, polygon, upside_down),
+                words=_words(reading, polygon, i in turned_set, upside_down),
             )
         )
     return lines

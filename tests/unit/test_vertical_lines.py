@@ -67,6 +67,29 @@ def test_only_detected_turned_regions_are_read_twice_and_readings_must_match() -
         assemble_lines([tall, wide], [0.9, 0.9], [reading, reading], 0.0)
 
 
+def test_turned_lines_without_an_alignment_get_words_along_their_reading_direction() -> None:
+    # An attention model or an ensemble gives no character spans: a turned line's words are then split
+    # along the line (in reading order, either way up), not across it along the page's x axis.
+    tall = [[0, 0], [10, 0], [10, 100], [0, 100]]
+    wide = [[0, 0], [100, 0], [100, 10], [0, 10]]
+    down = SimpleNamespace(text="ab cd", score=0.8)
+    up = SimpleNamespace(text="ab cd", score=0.9)
+    low = SimpleNamespace(text="zz", score=0.1)
+    (downward,) = assemble_lines([tall], [0.9], [down, low], 0.0)
+    (upward,) = assemble_lines([tall], [0.9], [low, up], 0.0)
+    (flat,) = assemble_lines([wide], [0.9], [down], 0.0)
+    assert flat.words is None  # the exporters split horizontal lines themselves
+    for line in (downward, upward):
+        assert [w.text for w in line.words or []] == ["ab", "cd"]
+        boxes = [w.bbox for w in line.words or []]
+        assert all(b[0] == pytest.approx(0) and b[2] == pytest.approx(10) for b in boxes)  # full width
+        assert all(b[3] - b[1] == pytest.approx(40) for b in boxes)  # 2 of 5 characters of 100 px
+    first, second = (w.bbox for w in downward.words or [])
+    assert first[1] == pytest.approx(0) and second[3] == pytest.approx(100)  # top to bottom
+    first, second = (w.bbox for w in upward.words or [])
+    assert first[3] == pytest.approx(100) and second[1] == pytest.approx(0)  # bottom to top
+
+
 def test_bulk_stages_read_vertical_lines_as_the_pipeline_does() -> None:
     """The shipped detector finds both margin numbers, and the bulk stages (Arrow rows, as on Ray)
     read them both ways up exactly as the in-process pipeline does."""
