@@ -3,8 +3,8 @@
 A tiny random-weight application (detector + a CTC and an attention member with different input sizes,
 a bearer token configured) answers the structure, bad-input, batching and schema-fuzz tests: its text
 is noise, but the response structure, the ensemble's choice (the best mean score) and the status codes
-hold for trained models too. The last test deploys the shipped models (``models/dbnet_doc`` +
-``models/crnn_en``) and checks their text on rendered receipt lines.
+hold for trained models too. The last tests deploy ``configs/serve.yaml``'s application with the
+shipped models and check their text on rendered receipt lines and on an im2latex validate formula.
 
 Serve is started once for the module on a free port and shut down at the end, so other modules can
 keep using the session's Ray.
@@ -711,6 +711,10 @@ def shipped(serve_http: str) -> Iterator[str]:
     for section in [config.detector, *config.members]:
         assert Path(section.model).is_dir(), f"shipped model folder {section.model} is missing"
         section.num_cpus = 0.4  # beside the tiny application on the 2-CPU test Ray
+    assert config.formulas, "configs/serve.yaml ships no formula members"
+    for section in config.formulas:
+        assert Path(section.model).is_dir(), f"shipped model folder {section.model} is missing"
+        section.num_cpus = 0.05
     config.ingress.num_cpus = 0.1
     config.auth.token_env = None
     serve.run(build_app(config), name="shipped", route_prefix="/shipped")
@@ -734,11 +738,49 @@ def test_shipped_models_read_rendered_receipt_lines(shipped: str, fmt: str) -> N
     assert error <= 0.1, f"CER {error:.3f}: {body['text']!r}"
 
 
-def test_latex_without_formula_models_is_404_with_a_reason(shipped: str) -> None:
+def test_shipped_formula_models_read_a_validate_formula(shipped: str, shared_data: Path) -> None:
+    # One of the shortest im2latex validate formulas (18 tokens), which the shipped pair read exactly
+    # on 2026-12-06; more than a quarter of its tokens wrong fails (their validate 1 - WER is 0.54).
+    from ocrjobs.data.formats import read_im2latex
+    from ocrjobs.metrics.text import edit_distance
+
+    (record,) = [
+        r
+        for r in read_im2latex(str(shared_data / "im2latex"), "validate")
+        if r.uri.endswith("/73778ad253.png")
+    ]
     response = httpx.post(
-        f"{shipped}/v1/latex", content=_encode(render_lines(["x"])), headers={"Content-Type": "image/png"}
+        f"{shipped}/v1/latex",
+        content=Path(record.uri).read_bytes(),
+        headers={"Content-Type": "image/png"},
+        timeout=120,
     )
-    assert response.status_code == 404 and response.json()["error"] == "not_configured"
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [m["name"] for m in body["members"]] == ["satrn_latex", "satrn64_latex"]
+    truth = record.regions[0].text.split()
+    assert edit_distance(body["text"].split(), truth) <= len(truth) // 4, body["text"]
+
+
+def test_latex_without_formula_models_is_404_with_a_reason(serve_http: str, tmp_path: Path) -> None:
+    from ray import serve
+
+    from ocrjobs.serve.app import build_app
+
+    detector, crnn, _ = write_tiny_models(tmp_path)
+    tiny = {"num_cpus": 0.01}
+    args = {"detector": {"model": detector, **tiny}, "members": [{"model": crnn, **tiny}], "ingress": tiny}
+    serve.run(build_app(args), name="noformulas", route_prefix="/noformulas")
+    try:
+        response = httpx.post(
+            f"{serve_http}/noformulas/v1/latex",
+            content=_encode(render_lines(["x"])),
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
+        assert response.status_code == 404 and response.json()["error"] == "not_configured"
+    finally:
+        serve.delete("noformulas")
 
 
 PARITY_RECEIPTS = ["sroie-dev-001.jpg", "sroie-dev-073.jpg", "sroie-dev-313.jpg"]

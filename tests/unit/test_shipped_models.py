@@ -93,3 +93,23 @@ def test_shipped_pipeline_reads_the_vertical_document_numbers_of_held_out_forms(
             found += 1
             read += best.text == label.text
     assert found == 3 and read >= 2, (found, read)
+
+
+def test_shipped_formula_ensemble_reads_short_validate_formulas(shared_data: Path) -> None:
+    # The formula ensemble `ocrjobs bulk --task latex` runs by default (its folders in member order),
+    # on the six shortest im2latex validate formulas (17-24 tokens). Its models are early checkpoints
+    # (validate 1 - WER 0.54): on 2026-12-06 they got 29 of these 118 tokens wrong (0.25; one formula
+    # exact). A broken export, vocabulary or preprocessing gets most of them wrong.
+    from ocrjobs.data.formats import read_im2latex
+    from ocrjobs.jobs.bulk_config import FORMULA_ENSEMBLE
+    from ocrjobs.metrics.text import edit_distance
+    from ocrjobs.recognition.ensemble import Ensemble
+
+    records = read_im2latex(str(shared_data / "im2latex"), "validate")
+    shortest = sorted(records, key=lambda r: (len(r.regions[0].text.split()), r.uri))[:6]
+    ensemble = Ensemble.from_model_dirs([REPO / p for p in FORMULA_ENSEMBLE])
+    readings = ensemble([read_image(r.uri) for r in shortest])
+    truths = [r.regions[0].text.split() for r in shortest]
+    wrong = sum(edit_distance(o.text.split(), t) for o, t in zip(readings, truths, strict=True))
+    total = sum(len(t) for t in truths)
+    assert wrong <= 0.35 * total, [o.text for o in readings]
