@@ -53,7 +53,7 @@ def evaluate(
     from ocrjobs.data.formats import read_sroie
     from ocrjobs.data.lines import cut_line_crops
     from ocrjobs.metrics.text import cer, text_metrics
-    from ocrjobs.recognition.ensemble import Member, combine, scoring_requests
+    from ocrjobs.recognition.ensemble import Member, combine, ensemble_fusion, scoring_requests
 
     records = read_sroie(data)[:limit] if limit else read_sroie(data)
     crops, refs = [], []
@@ -85,7 +85,7 @@ def evaluate(
             ]
         )
     seconds["ensemble_scoring_round"] = time.perf_counter() - start
-    results = combine(names, proposals, requests, scores)
+    results = combine(names, proposals, requests, scores, fusion=ensemble_fusion(members))
 
     rows: dict[str, dict[str, float]] = {}
     for m, props in zip(members, proposals, strict=True):

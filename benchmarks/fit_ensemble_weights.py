@@ -81,7 +81,13 @@ def cer_of(texts: list[str], source: Source) -> float:
 
 def main() -> None:
     """Propose and score once, then search the weight grid."""
-    from ocrjobs.recognition.ensemble import Member, combine, member_names, scoring_requests
+    from ocrjobs.recognition.ensemble import (
+        Member,
+        combine,
+        ensemble_fusion,
+        member_names,
+        scoring_requests,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", required=True, help="member folder (repeat; >= 2)")
@@ -95,6 +101,8 @@ def main() -> None:
     sources = load_sources(args.config, args.limit)
     names = member_names(args.model)
     members = [Member.from_model_dir(p, name=n) for p, n in zip(args.model, names, strict=True)]
+    # Ranked as Serve and eval rank: with the first beam-decoding member's language model, if any.
+    fusion = ensemble_fusion(members)
     rounds = []
     for source in sources:
         proposals = [m.propose(source.crops) for m in members]
@@ -111,7 +119,7 @@ def main() -> None:
 
     def ensemble(weights: list[float]) -> list[float]:
         return [
-            cer_of([r.text for r in combine(names, p, q, s, weights)], source)
+            cer_of([r.text for r in combine(names, p, q, s, weights, fusion)], source)
             for source, (p, q, s) in zip(sources, rounds, strict=True)
         ]
 

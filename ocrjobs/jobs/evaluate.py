@@ -425,6 +425,7 @@ class _TimedMember:
         self.member = member
         self.name = member.name
         self.weight = member.weight
+        self.fusion = member.fusion
         self.propose_seconds = 0.0
         self.score_seconds = 0.0
 

@@ -13,7 +13,17 @@ For each crop the candidates are the distinct proposals; each member's score of 
 itself is its proposal score (the same number :meth:`Member.score` would return), so round 2 only asks a
 member about the *other* members' candidates, and is skipped where all members agree or there is one
 member. The candidate with the highest mean score over members wins; members may carry weights in that
-mean (``Member.weight``, fitted on held-out data: ``benchmarks/fit_ensemble_weights.py``). The rounds are plain functions
+mean (``Member.weight``, fitted on held-out data: ``benchmarks/fit_ensemble_weights.py``).
+
+**Language model.** A member that decodes by beam search fused with a character language model
+(``lm.json``) picks its text by ``log p(text) + lm_weight * log p_lm(text) + length_bonus * len(text)``,
+not by likelihood alone: its likelihood of its own reading is often lower than that of the greedy text
+the language model overruled. So the ensemble ranks candidates the same way: the mean score plus the
+term :meth:`Fusion.term` (that objective's language-model part, divided by ``len(text) + 1`` as the
+scores are), with the language model, weight and bonus of the first member that fuses one
+(:attr:`Member.fusion`). Without it a second member would bring back the very readings the first
+member's language model had corrected. The confidence of a result stays ``exp`` of the mean score (the
+members' own scale: ``drop_score`` applies to it); only the ranking includes the term. The rounds are plain functions
 (:func:`scoring_requests`, :func:`combine`), so an in-process loop (:func:`run_ensemble`, used by
 evaluation) and the Serve ingress (which awaits member deployments, :func:`run_ensemble_async`) run the
 same code.
@@ -54,12 +64,14 @@ __all__ = [
     "Candidate",
     "Ensemble",
     "EnsembleResult",
+    "Fusion",
     "Member",
     "MemberOutput",
     "Proposal",
     "SyncMember",
     "combine",
     "ensemble_drop_score",
+    "ensemble_fusion",
     "folder_or_members",
     "member_names",
     "member_weights",
@@ -111,12 +123,15 @@ class Candidate:
         text: the candidate.
         member_scores: length-normalised log-likelihood under each member, in member order (``-inf``:
             that member cannot produce the text).
-        mean: the mean of ``member_scores`` (what the ensemble ranks by).
+        mean: the (weighted) mean of ``member_scores``.
+        rank: what the ensemble ranks by: ``mean`` plus the language-model term (:class:`Fusion`), or
+            ``mean`` alone where no member fuses a language model.
     """
 
     text: str
     member_scores: tuple[float, ...]
     mean: float
+    rank: float
 
 
 @dataclass(frozen=True)
@@ -141,6 +156,31 @@ class EnsembleResult:
     members: tuple[MemberOutput, ...]
     candidates: tuple[Candidate, ...] = field(default=())
     char_spans: tuple[tuple[float, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """A character language model fused into an ensemble's ranking, as a member's beam search fuses it.
+
+    Attributes:
+        lm: the language model (:class:`~ocrjobs.recognition.lm.CharNgramLM`).
+        weight: the member's ``lm_weight``.
+        bonus: the member's ``length_bonus`` per character.
+
+    >>> from ocrjobs.recognition.lm import CharNgramLM
+    >>> fusion = Fusion(CharNgramLM.fit(["TOTAL", "TOTAL DUE"], "ADELOTU ", order=3), weight=0.5, bonus=0.0)
+    >>> fusion.term("TOTAL") > fusion.term("TATOL")
+    True
+    """
+
+    lm: Any
+    weight: float
+    bonus: float
+
+    def term(self, text: str) -> float:
+        """The language model's part of the beam objective for ``text``, length-normalised as the members'
+        scores are: ``(weight * log p_lm(text) + bonus * len(text)) / (len(text) + 1)``."""
+        return (self.weight * self.lm.score(text) + self.bonus * len(text)) / (len(text) + 1)
 
 
 class SyncMember(Protocol):
@@ -205,6 +245,14 @@ class Member:
         self.predictor = predictor
         self.name = name or predictor.name
         self.weight = member_weights([weight], 1)[0]
+
+    @property
+    def fusion(self) -> Fusion | None:
+        """The language model this member's beam search fuses (``None``: greedy decoding or no ``lm``)."""
+        p = self.predictor
+        if p.lm is None or p.decoder != "beam":
+            return None
+        return Fusion(p.lm, p.lm_weight, p.length_bonus)
 
     @classmethod
     def from_model_dir(
@@ -386,8 +434,10 @@ def combine(
     requests: Sequence[Sequence[Sequence[str]]],
     scores: Sequence[Sequence[Sequence[float]]],
     weights: Sequence[float] | None = None,
+    fusion: Fusion | None = None,
 ) -> list[EnsembleResult]:
-    """Pick each crop's candidate with the best (weighted) mean score over members.
+    """Pick each crop's candidate with the best (weighted) mean score over members, plus the language
+    model's term where ``fusion`` is given (see the module docstring).
 
     Args:
         names: member names, in member order.
@@ -398,11 +448,12 @@ def combine(
         weights: each member's weight in the mean (``None``: equal). Scores are length-normalised
             log-likelihoods, so a weight is also a calibration: it scales how sharply a member's
             probabilities count. A member of weight 0 still proposes candidates but does not vote.
+        fusion: the language model to rank with (:func:`ensemble_fusion`); ``None`` ranks by the mean.
 
     Returns:
-        One result per crop. Tie rule: equal means go to the candidate proposed first (in member
-        order); if every candidate's mean is ``-inf``, the proposal with the best own score wins with
-        confidence 0.
+        One result per crop, its candidates best first. Tie rule: equal ranks go to the candidate
+        proposed first (in member order); if every candidate's mean is ``-inf``, the proposal with the
+        best own score wins with confidence 0.
 
     Raises:
         ValueError: the shapes of the arguments disagree, a candidate was not scored by a member, or
@@ -433,12 +484,14 @@ def combine(
         candidates = []
         for text in texts:
             member_scores = tuple(float(row[text]) for row in table)
-            candidates.append(Candidate(text, member_scores, _mean(member_scores, w)))
+            mean = _mean(member_scores, w)
+            rank = mean + fusion.term(text) if fusion is not None and mean > -math.inf else mean
+            candidates.append(Candidate(text, member_scores, mean, rank))
         # Best own score among the proposers breaks ties between -inf means (see the docstring).
         best_own = {t: max(p.log_score for p in own if p.text == t) for t in texts}
         ranked = sorted(
             range(len(candidates)),
-            key=lambda k: (candidates[k].mean, best_own[candidates[k].text], -k),
+            key=lambda k: (candidates[k].rank, best_own[candidates[k].text], -k),
             reverse=True,
         )
         winner = candidates[ranked[0]]
@@ -468,7 +521,8 @@ def run_ensemble(members: Sequence[SyncMember], crops: Sequence[np.ndarray]) -> 
     """Both rounds in this process, one member after the other (evaluation, scripts).
 
     Args:
-        members: the members (at least one).
+        members: the members (at least one); their ``weight`` and ``fusion`` attributes, where they
+            have them, give the weights of the mean and the language model (:func:`ensemble_fusion`).
         crops: ``[h, w, 3]`` uint8 RGB line crops.
 
     Returns:
@@ -485,12 +539,23 @@ def run_ensemble(members: Sequence[SyncMember], crops: Sequence[np.ndarray]) -> 
         m.score(crops, asked) if any(asked) else [[] for _ in crops]
         for m, asked in zip(members, requests, strict=True)
     ]
-    return combine([m.name for m in members], proposals, requests, scores, _weights(members))
+    return combine(
+        [m.name for m in members], proposals, requests, scores, _weights(members), ensemble_fusion(members)
+    )
 
 
 def _weights(members: Sequence[SyncMember] | Sequence[AsyncMember]) -> list[float]:
     # A member without a weight attribute (a test double, a wrapper) counts 1.
     return [float(getattr(m, "weight", 1.0)) for m in members]
+
+
+def ensemble_fusion(members: Sequence[Any]) -> Fusion | None:
+    """The language model an ensemble ranks with: that of the first member (in member order) whose
+    ``fusion`` is set, else ``None``. With one member there is nothing to rank, so ``None``.
+    """
+    if len(members) < 2:
+        return None
+    return next((f for f in (getattr(m, "fusion", None) for m in members) if f is not None), None)
 
 
 async def run_ensemble_async(
@@ -499,7 +564,8 @@ async def run_ensemble_async(
     """Both rounds with the members working in parallel (the Serve ingress over member deployments).
 
     Args:
-        members: the members (at least one); their calls of a round are awaited together.
+        members: the members (at least one); their calls of a round are awaited together. Weights and
+            language model as in :func:`run_ensemble`.
         crops: ``[h, w, 3]`` uint8 RGB line crops.
 
     Returns:
@@ -518,7 +584,9 @@ async def run_ensemble_async(
     scores: list[list[list[float]]] = [[[] for _ in crops] for _ in members]
     for k, answer in zip(asking, answers, strict=True):
         scores[k] = answer
-    return combine([m.name for m in members], proposals, requests, scores, _weights(members))
+    return combine(
+        [m.name for m in members], proposals, requests, scores, _weights(members), ensemble_fusion(members)
+    )
 
 
 def ensemble_drop_score(infos: Sequence[dict[str, Any]]) -> float:

@@ -85,7 +85,13 @@ from ocrjobs.pipeline import (
     page_text,
     split_counts,
 )
-from ocrjobs.recognition.ensemble import EnsembleResult, Proposal, ensemble_drop_score, run_ensemble_async
+from ocrjobs.recognition.ensemble import (
+    EnsembleResult,
+    Fusion,
+    Proposal,
+    ensemble_drop_score,
+    run_ensemble_async,
+)
 from ocrjobs.results import Line
 from ocrjobs.serve.config import DetectorConfig, LimitsConfig, MemberConfig, ServeConfig
 
@@ -249,6 +255,14 @@ class Recognizer:
         """The member's model description and torch threads."""
         return {**self.member.info(), "torch_threads": self.threads}
 
+    def fusion(self) -> dict[str, Any] | None:
+        """The language model this member's beam search fuses, for the ingress's ranking
+        (``{"lm": JSON text, "weight", "bonus"}``), or ``None``."""
+        fusion = self.member.fusion
+        if fusion is None:
+            return None
+        return {"lm": fusion.lm.to_json(), "weight": fusion.weight, "bonus": fusion.bonus}
+
     def stats(self) -> dict[str, Any]:
         """Batch statistics of this replica, per method."""
         return {name: stats.as_dict() for name, stats in self._stats.items()}
@@ -261,6 +275,8 @@ class HandleMember:
         self.name = name
         self.handle = handle
         self.weight = weight
+        # The member's language model (ocrjobs.recognition.ensemble.Fusion), asked once by the ingress.
+        self.fusion: Fusion | None = None
 
     async def propose(self, crops: Sequence[np.ndarray]) -> list[Proposal]:
         """Round 1 on the member's deployment."""
@@ -913,6 +929,19 @@ class OcrApi:
         except ImageDecodeError as exc:
             raise ApiError(_DECODE_STATUS.get(exc.reason, 400), exc.reason, exc.message) from None
 
+    @staticmethod
+    async def _fetch_fusion(members: list[HandleMember], infos: Sequence[dict[str, Any]]) -> None:
+        from ocrjobs.recognition.lm import CharNgramLM
+
+        for member, info in zip(members, infos, strict=True):
+            if info.get("decoder") != "beam":
+                continue
+            settings = await member.handle.fusion.remote()
+            if settings is not None:
+                lm = await asyncio.to_thread(CharNgramLM.from_json, settings["lm"])
+                member.fusion = Fusion(lm, float(settings["weight"]), float(settings["bonus"]))
+                return
+
     async def _model_versions(self) -> ModelVersions:
         if self._versions is None:
             infos = await asyncio.gather(
@@ -922,6 +951,10 @@ class OcrApi:
             n = 1 + len(self.members)
             # Lines read under the members' drop_score leave a page (ocrjobs.pipeline.keep_line).
             self._drop_score = ensemble_drop_score(infos[1:n])
+            # The ensemble ranks with the first fusing member's language model (ensemble_fusion); only
+            # an ensemble asks, and only the first member with a beam decoder is fetched.
+            if len(self.members) > 1:
+                await self._fetch_fusion(self.members, infos[1:n])
             self._versions = ModelVersions(
                 detector=_version(infos[0]), members=[_version(i) for i in infos[1:n]]
             )
@@ -1077,8 +1110,8 @@ class OcrApi:
         """Detection, then the ensemble over the page's crops."""
         detection: Detection = await self.detector.detect.remote(image)
         crops = crops_to_read(detection.polygons, detection.scores, detection.crops)
+        await self._model_versions()  # the members' drop_score and language model, asked once
         results = await run_ensemble_async(self.members, crops) if crops else []
-        await self._model_versions()  # the members' drop_score, asked once
         lines = assemble_lines(detection.polygons, detection.scores, results, self._drop_score)
         return OcrResponse(
             text=page_text(lines),

@@ -22,14 +22,17 @@ from torch import nn
 from ocrjobs.recognition.aster import AttentionRecognizer, State
 from ocrjobs.recognition.ensemble import (
     Ensemble,
+    Fusion,
     Member,
     Proposal,
     combine,
+    ensemble_fusion,
     member_weights,
     run_ensemble,
     run_ensemble_async,
     scoring_requests,
 )
+from ocrjobs.recognition.lm import CharNgramLM
 from ocrjobs.recognition.predictor import RecognitionPredictor
 from ocrjobs.recognition.tokenizer import AttentionTokenizer, Charset, CTCTokenizer
 
@@ -275,6 +278,61 @@ def test_a_member_of_weight_zero_proposes_but_does_not_vote() -> None:
     result = combine(["a", "b"], proposals, requests, scores, weights=[1.0, 0.0])[0]
     assert result.text == "x" and [c.text for c in result.candidates] == ["x", "y"]
     assert result.score == pytest.approx(math.exp(-0.1))
+
+
+def _lm_member(third: dict[str, float]) -> Member:
+    """The CTC member of ``ctc_member`` decoding by beam search fused with a language model that has
+    only ever seen "CASH"."""
+    table = ctc_member(third).predictor
+    predictor = RecognitionPredictor(
+        table.model,
+        table.tokenizer,
+        decoder="beam",
+        beam_width=4,
+        lm=CharNgramLM.fit(["CASH"] * 5, CHARS, order=3),
+        lm_weight=1.0,
+        length_bonus=0.5,
+        name="ctc_lm",
+    )
+    return Member(predictor)
+
+
+def test_the_ensemble_ranks_with_the_language_model_its_first_fusing_member_decodes_with() -> None:
+    # The CTC member's frames lean to "5", but its language model turns its reading into "CASH"; the
+    # attention member leans to "5" too. By likelihood alone both members prefer "CA5H", so an ensemble
+    # ranking by the mean would undo the language model's correction; ranking by the mean plus the
+    # language model's term (as the member's beam search ranks) keeps "CASH".
+    lm_member, att = _lm_member({"5": 0.6, "S": 0.38}), attention_member({"5": 0.5, "S": 0.45})
+    assert lm_member.propose([CROP])[0].text == "CASH" and att.propose([CROP])[0].text == "CA5H"
+    fusion = lm_member.fusion
+    assert fusion is not None and (fusion.weight, fusion.bonus) == (1.0, 0.5)
+    assert ctc_member({"5": 0.6}).fusion is None  # greedy decoding fuses nothing
+    assert ensemble_fusion([att, lm_member]) == fusion and ensemble_fusion([att]) is None
+    assert ensemble_fusion([lm_member]) is None  # one member: nothing to rank
+
+    result = Ensemble([lm_member, att])([CROP])[0]
+    means = {c.text: c.mean for c in result.candidates}
+    assert means["CA5H"] > means["CASH"]  # the members' likelihoods alone would pick "CA5H"
+    assert result.text == "CASH"
+    for c in result.candidates:
+        assert c.rank == pytest.approx(c.mean + fusion.term(c.text))
+    assert result.score == pytest.approx(math.exp(means["CASH"]))  # confidence: the mean, not the rank
+    # The same through combine without the language model, and through the async (Serve) rounds.
+    proposals = [lm_member.propose([CROP]), att.propose([CROP])]
+    requests = scoring_requests(proposals)
+    scores = [m.score([CROP], q) for m, q in zip([lm_member, att], requests, strict=True)]
+    assert combine(["ctc_lm", "att"], proposals, requests, scores)[0].text == "CA5H"
+    assert combine(["ctc_lm", "att"], proposals, requests, scores, fusion=fusion)[0].text == "CASH"
+    wrapped = [_Async(lm_member), _Async(att)]
+    wrapped[0].fusion = fusion  # type: ignore[attr-defined]
+    assert asyncio.run(run_ensemble_async(wrapped, [CROP]))[0].text == "CASH"
+
+
+def test_fusion_term_is_the_beam_objectives_language_model_part_per_character() -> None:
+    lm = CharNgramLM.fit(["CASH"], CHARS, order=3)
+    fusion = Fusion(lm, weight=0.3, bonus=1.0)
+    assert fusion.term("CASH") == pytest.approx((0.3 * lm.score("CASH") + 1.0 * 4) / 5)
+    assert fusion.term("") == pytest.approx(0.3 * lm.score(""))
 
 
 def test_member_weights_are_checked() -> None:

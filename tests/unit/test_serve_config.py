@@ -296,3 +296,55 @@ def test_cli_check_refuses_a_line_model_as_a_formula_member(
     assert (
         "holds a text-line model (characters); it cannot be used to read formulas" in capsys.readouterr().err
     )
+
+
+def test_the_ingress_ranks_with_the_language_model_of_the_first_member_decoding_by_beam(
+    tmp_path: Path,
+) -> None:
+    # The Recognizer replica hands its language model over (Recognizer.fusion); the ingress asks only
+    # the first member whose decoder is beam search, once, and ranks the ensemble's candidates with it.
+    import asyncio
+
+    from ocrjobs.recognition.ensemble import Fusion
+    from ocrjobs.recognition.lm import CharNgramLM
+    from ocrjobs.recognition.models import build_recognizer
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.recognition.tokenizer import CTCTokenizer
+    from ocrjobs.serve.app import HandleMember, OcrApi, Recognizer
+
+    tokenizer = CTCTokenizer()
+    model = build_recognizer("crnn_small", tokenizer.num_classes, channels=(8, 8, 8, 8), hidden=8)
+    lm = CharNgramLM.fit(["TOTAL 12.50", "CASH"], tokenizer.charset.chars, order=3)
+    folder = RecognitionPredictor(
+        model, tokenizer, decoder="beam", lm=lm, lm_weight=0.3, length_bonus=1.0, name="lm_tiny"
+    ).save_model_dir(tmp_path / "lm_tiny")
+    replica = Recognizer.func_or_class({"model": str(folder), "num_cpus": 0.1})
+    settings = replica.fusion()
+    assert settings is not None and (settings["weight"], settings["bonus"]) == (0.3, 1.0)
+    greedy = Recognizer.func_or_class({"model": str(folder), "num_cpus": 0.1, "decoder": "greedy"})
+    assert greedy.fusion() is None
+
+    class _Method:
+        def __init__(self, value: object) -> None:
+            self.value, self.calls = value, 0
+
+        def remote(self) -> object:
+            self.calls += 1
+
+            async def get() -> object:
+                return self.value
+
+            return get()
+
+    class _Handle:
+        def __init__(self, value: object) -> None:
+            self.fusion = _Method(value)
+
+    members = [HandleMember(n, _Handle(settings)) for n in ("greedy", "first", "second")]  # type: ignore[arg-type]
+    infos = [{"decoder": "greedy"}, {"decoder": "beam"}, {"decoder": "beam"}]
+    asyncio.run(OcrApi.func_or_class._fetch_fusion(members, infos))
+    assert [m.handle.fusion.calls for m in members] == [0, 1, 0]  # type: ignore[attr-defined]
+    assert members[0].fusion is None and members[2].fusion is None
+    fusion = members[1].fusion
+    assert fusion is not None and (fusion.weight, fusion.bonus) == (0.3, 1.0)
+    assert fusion.term("CASH") == pytest.approx(Fusion(lm, 0.3, 1.0).term("CASH"))
