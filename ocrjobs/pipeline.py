@@ -180,8 +180,7 @@ def _words(reading: Any, polygon: Any, turned: bool, upside_down: bool) -> list[
     if spans is None or len(spans) != len(reading.text):
         if not turned:
             return None
-        quad = crop_quad(np.asarray(polygon, np.float32).reshape(-1, 2), upside_down=upside_down)
-        return split_words(reading.text, quad, float(reading.score))
+        return split_words(reading.text, crop_quad(polygon, upside_down=upside_down), float(reading.score))
     scores = getattr(reading, "char_scores", None)
     if scores is not None and len(scores) != len(reading.text):
         scores = None
