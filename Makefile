@@ -39,7 +39,8 @@ format: setup
 	$(BIN)/ruff check --fix ocrjobs tests benchmarks
 
 # Formula training shards (issue 15), rendered once and read by training as `format: im2latex` sources:
-# the im2latex train formulas 4 times (LaTeX and mathtext cm/stix/dejavusans), formulas_hs (all of it) and
+# the im2latex train formulas 4 times (LaTeX and mathtext cm/stix/dejavusans), 40 variants of each (formulas
+# held out for validation excluded; ocrjobs.data.formulas.FormulaMutator), formulas_hs (all of it) and
 # FORMULA_GRAMMAR grammar formulas, LaTeX where installed (auto) else mathtext. Smallest folders first, so
 # training can start on them early; a folder with a _summary.json is done and skipped (delete it to redo).
 SHARED_DATA ?= ../shared/data
@@ -61,6 +62,9 @@ formula-data: setup
 	mkdir -p $(FORMULA_DATA) && echo '*' > $(FORMULA_DATA)/.gitignore  # generated data: never committed
 	test -f $(FORMULA_DATA)/im2latex_train/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_train \
 		--from-train $(SHARED_DATA)/im2latex --passes 4 --renderers auto,mathtext
+	# 40 variants of each im2latex train formula outside the held-out 1 in 10 (symbols swapped, groups spliced).
+	test -f $(FORMULA_DATA)/im2latex_mutated/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated \
+		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 2 --renderers auto,auto,mathtext
 	# formulas_hs in parts (item i = line i): 5000 first, then the grammar's first half, then the rest.
 	for part in hs:0:5000 grammar:0:$$(($(FORMULA_GRAMMAR) / 2)) hs:5000:10000 hs:15000:10000 hs:25000:10000 \
 			hs:35000:10000 hs:45000: grammar:$$(($(FORMULA_GRAMMAR) / 2)):$$(($(FORMULA_GRAMMAR) - $(FORMULA_GRAMMAR) / 2)); do \

@@ -59,6 +59,7 @@ __all__ = [
     "RENDERERS",
     "FormulaGenerator",
     "FormulaGrammar",
+    "FormulaMutator",
     "FormulaPlan",
     "FormulaShard",
     "RenderError",
@@ -342,6 +343,153 @@ class FormulaGrammar:
             if spaces and rng.random() < 0.4:
                 tokens.append(str(rng.choice(spaces)))
             tokens.append(str(rng.choice(self._punctuation)))
+        return " ".join(tokens)
+
+
+# ---------------------------------------------------------------------------------------------------
+# mutation: new formulas in the shape of real ones
+
+# Token classes a mutation swaps within: a letter stays a letter of its case, a digit a digit, an
+# operator an operator, so the formula keeps its structure and its look (sizes, spacing) stays plausible.
+_SWAP_CLASSES: tuple[tuple[str, frozenset[str]], ...] = (
+    ("lower", frozenset(_LOWER)),
+    ("upper", frozenset(_UPPER)),
+    ("digit", frozenset(_DIGITS)),
+    ("greek", frozenset(g for g in _GREEK if g[1].islower())),
+    ("Greek", frozenset(g for g in _GREEK if g[1].isupper())),
+    ("binary", frozenset(_BINARY)),
+    ("relation", frozenset(_RELATIONS)),
+    ("function", frozenset(_FUNCTIONS)),
+    ("big", frozenset(_BIG_OPERATORS)),
+    ("accent", frozenset(_ACCENTS)),
+)
+# Commands whose next brace group is not mathematics (a column spec, a length, a label): left as written,
+# since a changed letter there is a LaTeX error (``c`` -> ``q`` in an array spec, ``cm`` -> ``cx``).
+_PROTECTED = frozenset(
+    {
+        "\\begin{array}",
+        "\\begin{tabular}",
+        "\\hspace",
+        "\\hspace*",
+        "\\vspace",
+        "\\vspace*",
+        "\\label",
+        "\\rule",
+        "\\raisebox",
+        "\\kern",
+        "\\hskip",
+        "\\mskip",
+        "\\mkern",
+        "\\multicolumn",
+    }
+)
+
+
+@dataclass
+class FormulaMutator:
+    """Variants of real formulas: same structure, other symbols, and subexpressions from other formulas.
+
+    With few real formulas (the im2latex sample has 1,000) a model learns them by heart; a variant keeps
+    what makes a real formula hard (its nesting, its length, its mix of tokens) and changes what it says.
+    Each token of a swappable class (letters of one case, digits, lower/upper Greek, binary operators,
+    relations, functions, big operators, accents) is replaced with probability ``swap_p`` by a token of
+    its class drawn with the class's frequency in ``formulas`` (so the vocabulary and its frequencies stay
+    those of the real formulas); then, with probability ``splice_p``, one brace group is replaced by a
+    brace group of another formula of similar length. Arguments of :data:`_PROTECTED` commands (array
+    column specs, lengths) are never changed.
+
+    Args:
+        formulas: real formulas (space-separated tokens), the donors of replacements and groups.
+        swap_p: per-token probability of a swap.
+        splice_p: per-formula probability of a group splice.
+
+    >>> m = FormulaMutator(["a + b = c", "x ^ { 2 } - y ^ { 3 }"], swap_p=1.0, splice_p=0.0)
+    >>> variant = m.mutate("a + b = c", np.random.default_rng(0)).split()
+    >>> len(variant), all(t in "abcxy+-=" for t in variant)
+    (5, True)
+    """
+
+    formulas: Sequence[str]
+    swap_p: float = 0.3
+    splice_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.swap_p <= 1.0 or not 0.0 <= self.splice_p <= 1.0:
+            raise ValueError(f"swap_p and splice_p must be in [0, 1], got {self.swap_p}, {self.splice_p}")
+        self._class_of: dict[str, str] = {}
+        for name, members in _SWAP_CLASSES:
+            for token in members:
+                self._class_of.setdefault(token, name)
+        pools: dict[str, list[str]] = {}
+        self._groups: list[tuple[str, ...]] = []
+        for formula in self.formulas:
+            tokens = formula.split()
+            protected = self._protected(tokens)
+            for k, token in enumerate(tokens):
+                if token in self._class_of and k not in protected:
+                    pools.setdefault(self._class_of[token], []).append(token)
+            self._groups += [tuple(tokens[a + 1 : b]) for a, b in self._brace_groups(tokens)]
+        self._pools = {name: tuple(pool) for name, pool in pools.items()}
+        self._groups.sort(key=len)
+        self._group_lengths = np.array([len(g) for g in self._groups])
+
+    @staticmethod
+    def _brace_groups(tokens: Sequence[str]) -> list[tuple[int, int]]:
+        """``(open, close)`` positions of balanced, non-empty ``{ ... }`` groups that are not arguments
+        of a protected command (nor inside one)."""
+        groups: list[tuple[int, int]] = []
+        stack: list[int] = []
+        protected_depth: int | None = None
+        for k, token in enumerate(tokens):
+            if token == "{":
+                if protected_depth is None and k and tokens[k - 1] in _PROTECTED:
+                    protected_depth = len(stack)
+                stack.append(k)
+            elif token == "}" and stack:
+                start = stack.pop()
+                if protected_depth is not None and len(stack) == protected_depth:
+                    protected_depth = None
+                elif protected_depth is None and k > start + 1:
+                    groups.append((start, k))
+        return groups if not stack else []  # unbalanced: no groups
+
+    @staticmethod
+    def _protected(tokens: Sequence[str]) -> set[int]:
+        """Positions inside the brace group right after a protected command."""
+        out: set[int] = set()
+        for k, token in enumerate(tokens):
+            if token in _PROTECTED and k + 1 < len(tokens) and tokens[k + 1] == "{":
+                depth, j = 0, k + 1
+                while j < len(tokens):
+                    depth += {"{": 1, "}": -1}.get(tokens[j], 0)
+                    out.add(j)
+                    if depth == 0:
+                        break
+                    j += 1
+        return out
+
+    def mutate(self, formula: str, rng: np.random.Generator) -> str:
+        """A variant of ``formula`` (space-separated tokens in, space-separated tokens out)."""
+        tokens = formula.split()
+        if self._groups and rng.random() < self.splice_p:
+            groups = self._brace_groups(tokens)
+            if groups:
+                a, b = groups[int(rng.integers(len(groups)))]
+                size = b - a - 1
+                # A donor group of about the same length keeps the formula's length and layout.
+                lo = int(np.searchsorted(self._group_lengths, max(1, size // 2), side="left"))
+                hi = int(np.searchsorted(self._group_lengths, size * 2 + 1, side="right"))
+                if hi > lo:
+                    donor = self._groups[int(rng.integers(lo, hi))]
+                    tokens = [*tokens[: a + 1], *donor, *tokens[b:]]
+        keep = self._protected(tokens)
+        for k, token in enumerate(tokens):
+            name = self._class_of.get(token)
+            if name is None or k in keep or rng.random() >= self.swap_p:
+                continue
+            pool = self._pools.get(name)
+            if pool:
+                tokens[k] = pool[int(rng.integers(len(pool)))]
         return " ".join(tokens)
 
 
@@ -1214,6 +1362,8 @@ class FormulaShard:
         max_tokens: longest formula kept.
         vocabulary: tokens formulas may use (``None``: no restriction); also cuts the grammar's tables.
         max_depth: grammar nesting depth.
+        mutate: draw a :class:`FormulaMutator` variant of the list formula instead of the formula itself
+            (its symbols swapped, a brace group spliced in from another formula of the list).
 
     Raises:
         ValueError: an unknown renderer or font set, ``latex`` without LaTeX installed, or a bad range.
@@ -1237,9 +1387,13 @@ class FormulaShard:
     max_tokens: int = 150
     vocabulary: Collection[str] | None = None
     max_depth: int = 3
+    mutate: bool = False
 
     def __post_init__(self) -> None:
         self.formulas = tuple(" ".join(f.split()) for f in self.formulas)
+        if self.mutate and not self.formulas:
+            raise ValueError("mutate needs a formula list to mutate")
+        self._mutator = FormulaMutator([f for f in self.formulas if f]) if self.mutate else None
         self.renderers = tuple(self.renderers)
         self.fontsets = tuple(self.fontsets)
         if not self.renderers or any(r not in RENDERERS for r in self.renderers):
@@ -1268,6 +1422,8 @@ class FormulaShard:
         if self.formulas:
             source_index = index % len(self.formulas)
             formula = self.formulas[source_index]
+            if self._mutator is not None and formula:
+                formula = self._mutator.mutate(formula, rng)
         else:
             source_index, formula = -1, self._grammars[renderer].formula(rng)
         return FormulaPlan(index, formula, source_index, renderer, fontset, max(20, dpi))

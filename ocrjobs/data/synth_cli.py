@@ -84,6 +84,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="formulas: re-render the train-split formulas of this im2latex folder",
     )
     parser.add_argument(
+        "--holdout-every",
+        type=int,
+        metavar="N",
+        help="formulas, with --from-train: leave out the records a training source with holdout_every: N "
+        "holds out for validation (every N-th by image name), so renders never show validation formulas",
+    )
+    parser.add_argument(
+        "--mutate",
+        action="store_true",
+        help="formulas from a list: render a variant of each formula (symbols swapped within their class, "
+        "a brace group spliced in from another formula of the list) instead of the formula itself",
+    )
+    parser.add_argument(
         "--formulas-file",
         metavar="PATH",
         help="formulas: one raw LaTeX formula per line, normalised to im2latex tokens (e.g. formulas_hs)",
@@ -201,7 +214,7 @@ def _write_lines(args: argparse.Namespace, vocab: list[str], charset: str) -> in
     return len(items)
 
 
-def _train_formulas(root: str | None) -> list[str]:
+def _train_formulas(root: str | None, holdout_every: int | None = None) -> list[str]:
     from ocrjobs.config import ConfigError
 
     if root is None:
@@ -211,8 +224,14 @@ def _train_formulas(root: str | None) -> list[str]:
             f"--from-train {root}: a held-out split; give the im2latex root (its train split is read)"
         )
     from ocrjobs.data.formats import read_im2latex
+    from ocrjobs.training.config import DataSource
 
-    formulas = [r.text for r in read_im2latex(root, split="train")]
+    records = read_im2latex(root, split="train")
+    if holdout_every is not None:
+        # The same selection as the training config's source: the held-out part is never rendered.
+        source = DataSource(uri=root, format="im2latex", holdout_every=holdout_every)
+        records = source.select(records)
+    formulas = [r.text for r in records]
     logger.info("formulas: %d train formulas from %s", len(formulas), root)
     return formulas
 
@@ -227,7 +246,9 @@ def _formula_list(args: argparse.Namespace) -> tuple[str, list[str]]:
     if source == "train":
         if not args.from_train:
             raise ConfigError("--source train needs --from-train IM2LATEX_ROOT")
-        return f"im2latex train formulas of {args.from_train}", _train_formulas(args.from_train)
+        kept = "" if args.holdout_every is None else f" (1 in {args.holdout_every} held out)"
+        formulas = _train_formulas(args.from_train, args.holdout_every)
+        return f"im2latex train formulas of {args.from_train}{kept}", formulas
     if source == "file":
         if not args.formulas_file:
             raise ConfigError("--source file needs --formulas-file PATH")
@@ -258,6 +279,7 @@ def _formula_shard(args: argparse.Namespace, formulas: list[str]) -> Any:
             handwriting_p=args.handwriting,
             max_tokens=args.max_tokens,
             vocabulary=read_vocabulary(args.latex_vocab) if args.latex_vocab else None,
+            mutate=args.mutate,
         )
     except ValueError as exc:
         raise ConfigError(f"synth formulas: {exc}") from None
@@ -323,7 +345,8 @@ def _write_formulas(args: argparse.Namespace, vocab: list[str], charset: str) ->
     batches = [list(range(a, min(a + args.batch_size, end))) for a in range(args.start, end, args.batch_size)]
     print(
         f"formulas: {args.count} items {args.start}..{end - 1} from {source}; renderers {','.join(shard.renderers)}, "
-        f"fontsets {','.join(shard.fontsets)}, dpi {args.dpi:g}, handwriting {args.handwriting:g}; "
+        f"fontsets {','.join(shard.fontsets)}, dpi {args.dpi:g}, handwriting {args.handwriting:g}"
+        f"{', mutated' if args.mutate else ''}; "
         f"{args.workers} worker(s), batches of {args.batch_size}",
         flush=True,
     )
@@ -449,6 +472,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--max-tokens, --passes, --workers and --batch-size must be >= 1, got {args.max_tokens}, "
             f"{args.passes}, {args.workers} and {args.batch_size}"
+        )
+    if args.holdout_every is not None and (args.holdout_every < 2 or not args.from_train):
+        raise ConfigError(
+            f"--holdout-every must be >= 2 and goes with --from-train, got {args.holdout_every}"
         )
     charset = args.charset if args.charset is not None else DEFAULT_CHARSET
     vocab = _vocabulary(args.vocab_from)

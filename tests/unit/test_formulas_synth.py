@@ -209,3 +209,88 @@ def test_synth_formulas_cli_writes_an_im2latex_folder(
                 str(shared_data / "im2latex/validate"),
             ]
         )
+
+
+def _classes(formula: str) -> list[str]:
+    """Each token's swap class (the token itself where it has none)."""
+    out = []
+    for token in formula.split():
+        names = [name for name, members in F._SWAP_CLASSES if token in members]
+        out.append(names[0] if names else token)
+    return out
+
+
+def test_mutator_swaps_symbols_within_their_class_and_keeps_the_structure(train_formulas: list[str]) -> None:
+    mutator = F.FormulaMutator(train_formulas, swap_p=0.5, splice_p=0.0)
+    vocabulary = {t for f in train_formulas for t in f.split()}
+    changed = 0
+    for k, formula in enumerate(train_formulas[:200]):
+        variant = mutator.mutate(formula, np.random.default_rng(k))
+        assert _classes(variant) == _classes(formula)  # a letter stays a letter, "{" stays "{"
+        assert set(variant.split()) <= vocabulary  # replacements come from the real formulas
+        changed += variant != formula
+    assert changed > 150
+    assert mutator.mutate(train_formulas[0], np.random.default_rng(1)) == mutator.mutate(
+        train_formulas[0], np.random.default_rng(1)
+    )
+
+
+def test_mutator_leaves_array_specs_and_lengths_alone() -> None:
+    formula = "\\begin{array} { c l } x & y \\\\ \\end{array} \\hspace { 1 c m } z"
+    mutator = F.FormulaMutator([formula, "a + b"], swap_p=1.0, splice_p=0.0)
+    for seed in range(20):
+        tokens = mutator.mutate(formula, np.random.default_rng(seed)).split()
+        assert tokens[1:5] == ["{", "c", "l", "}"] and tokens[11:16] == ["{", "1", "c", "m", "}"]
+        # Swapped with letters of the formulas' mathematics, never with the spec's or the length's.
+        assert {tokens[5], tokens[7], tokens[-1]} <= set("abxyz")
+
+
+def test_mutator_splices_balanced_groups_of_a_similar_length() -> None:
+    donors = ["x ^ { a + b }", "\\frac { p } { q - r }", "y _ { 1 2 3 4 5 6 7 8 9 0 1 2 }"]
+    mutator = F.FormulaMutator(donors, swap_p=0.0, splice_p=1.0)
+    seen = set()
+    for seed in range(40):
+        variant = mutator.mutate("z ^ { c + d }", np.random.default_rng(seed))
+        tokens = variant.split()
+        assert tokens[:3] == ["z", "^", "{"] and tokens[-1] == "}" and tokens.count("{") == 1
+        assert 1 <= len(tokens) - 4 <= 7  # the 12-token group is never spliced into a 3-token slot
+        seen.add(variant)
+    assert {"z ^ { a + b }", "z ^ { p }", "z ^ { q - r }"} <= seen
+    # Unbalanced input: nothing to splice, swaps only.
+    assert mutator.mutate("z ^ { c", np.random.default_rng(0)) == "z ^ { c"
+    with pytest.raises(ValueError, match="swap_p"):
+        F.FormulaMutator(donors, swap_p=1.5)
+
+
+def test_shard_renders_mutated_variants(train_formulas: list[str]) -> None:
+    plain = F.FormulaShard(train_formulas[:50], seed=2, renderers=("mathtext",))
+    mutated = F.FormulaShard(train_formulas[:50], seed=2, renderers=("mathtext",), mutate=True)
+    plans = [mutated.plan(i) for i in range(100)]
+    assert [p.source_index for p in plans] == [i % 50 for i in range(100)]
+    assert sum(p.formula != plain.plan(p.index).formula for p in plans) > 80
+    assert plans[0].formula != plans[50].formula  # two passes over a formula: two variants
+    assert mutated.plan(7) == mutated.plan(7)
+    with pytest.raises(ValueError, match="mutate needs a formula list"):
+        F.FormulaShard(mutate=True)
+
+
+def test_synth_cli_leaves_out_the_formulas_training_holds_out(tmp_path: Path, shared_data: Path) -> None:
+    from ocrjobs.training.config import DataSource
+
+    root = str(shared_data / "im2latex")
+    records = read_im2latex(root, split="train")
+    held_out = DataSource(uri=root, format="im2latex", holdout_every=10, holdout=True).select(records)
+    fit = DataSource(uri=root, format="im2latex", holdout_every=10).select(records)
+    assert synth_cli._train_formulas(root, 10) == [r.text for r in fit]
+    assert len(synth_cli._train_formulas(root)) == len(fit) + len(held_out)
+    out = tmp_path / "mutated"
+    argv = ["formulas", "--out", str(out), "--from-train", root, "--holdout-every", "10", "--mutate"]
+    assert _synth([*argv, "--count", "6", "--renderers", "mathtext"]) == 0
+    summary = json.loads((out / "_summary.json").read_text())
+    assert summary["source"].endswith("(1 in 10 held out)") and summary["rendered"] + summary["skipped"] == 6
+    written = [r.text for r in read_im2latex(str(out))]
+    assert written and not set(written) & {r.text for r in held_out}
+    with pytest.raises(Exception, match="--holdout-every"):
+        _synth(["formulas", "--out", str(out), "--count", "1", "--holdout-every", "10"])
+    with pytest.raises(Exception, match="mutate needs"):
+        _synth(["formulas", "--out", str(out), "--count", "1", "--mutate"])
