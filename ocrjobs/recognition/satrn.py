@@ -24,6 +24,8 @@ torch.Size([2, 7, 96])
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -333,6 +335,71 @@ class SATRN(AttentionRecognizer):
         # No key/value cache: the prefix is re-decoded each step (label lengths are short).
         logits = self.prediction(flat, prefix)[:, -1]
         return logits, (flat, prefix)
+
+    def load_deeper(self, state: Mapping[str, torch.Tensor]) -> list[str]:
+        """Load the weights of a SATRN like this one but with fewer encoder or decoder layers.
+
+        The layers ``state`` lacks are the last ones of their stack and start as identities (the output
+        projections of their residual branches are zero; pre-norm layers then add nothing), so the
+        model computes exactly what the smaller one did and training goes on from there with more
+        capacity: growing a model trained for many CPU-hours instead of starting a bigger one from
+        scratch.
+
+        Args:
+            state: the smaller model's state dict.
+
+        Returns:
+            The added layers (``sequence.layers.2``, ``prediction.transformer.layers.2``...); empty when
+            ``state`` has every layer (it is then loaded strictly).
+
+        Raises:
+            ValueError: ``state`` has weights this model lacks, a shape differs, or it lacks a weight
+                other than a whole last layer of a stack.
+        """
+        own = self.state_dict()
+        unexpected = sorted(k for k in state if k not in own)
+        if unexpected:
+            raise ValueError(f"weights this model does not have (a deeper or other model?): {unexpected[:5]}")
+        added: dict[str, set[int]] = {}
+        for key in own:
+            if key in state:
+                continue
+            match = _GROWABLE.match(key)
+            if match is None:
+                raise ValueError(f"missing weight {key!r}: only whole encoder/decoder layers can be added")
+            added.setdefault(match.group(1), set()).add(int(match.group(2)))
+        stacks = {
+            "sequence.layers": self.sequence.layers,
+            "prediction.transformer.layers": self.prediction.transformer.layers,
+        }
+        for stack, indices in added.items():
+            count = len(stacks[stack])
+            if indices != set(range(count - len(indices), count)):
+                raise ValueError(f"{stack}: only the last layers can be new, got {sorted(indices)}")
+        mismatched = [k for k in state if state[k].shape != own[k].shape]
+        if mismatched:
+            raise ValueError(
+                f"weights of another shape (width, heads or vocabulary differ): {mismatched[:5]}"
+            )
+        self.load_state_dict(state, strict=False)
+        names = []
+        with torch.no_grad():
+            for stack, indices in sorted(added.items()):
+                for index in sorted(indices):
+                    layer = stacks[stack][index]
+                    if isinstance(layer, SATRNEncoderLayer):
+                        outputs: list[Any] = [layer.attn.out_proj, layer.feed_forward.layers[4]]
+                    else:  # nn.TransformerDecoderLayer
+                        outputs = [layer.self_attn.out_proj, layer.multihead_attn.out_proj, layer.linear2]
+                    for module in outputs:
+                        nn.init.zeros_(module.weight)
+                        nn.init.zeros_(module.bias)
+                    names.append(f"{stack}.{index}")
+        return names
+
+
+# Weights of one encoder or decoder layer: the only ones :meth:`SATRN.load_deeper` may find missing.
+_GROWABLE = re.compile(r"^(sequence\.layers|prediction\.transformer\.layers)\.(\d+)\.")
 
 
 def satrn(num_classes: int, **kwargs: Any) -> SATRN:

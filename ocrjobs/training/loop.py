@@ -31,7 +31,14 @@ from ocrjobs.training.progress import MetricsLog, format_epoch_line
 from ocrjobs.training.task import Batch, TrainTask
 from ocrjobs.training.tasks import TASKS
 
-__all__ = ["CRASH_MARKER", "Precision", "group_by_width", "seed_everything", "train_func"]
+__all__ = [
+    "CRASH_MARKER",
+    "Precision",
+    "group_by_width",
+    "load_initial_weights",
+    "seed_everything",
+    "train_func",
+]
 
 CRASH_MARKER = "debug_crash_marker"
 
@@ -226,6 +233,16 @@ def _resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
     return state
 
 
+def load_initial_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``model.init_from``'s weights: strictly, or into a deeper model of an architecture that can
+    grow (``load_deeper``: SATRN), whose extra layers start as identities. Returns the added layers."""
+    grow = getattr(model, "load_deeper", None)
+    if grow is None:
+        model.load_state_dict(weights)
+        return []
+    return list(grow(weights))
+
+
 def train_func(config: dict[str, Any]) -> dict[str, int]:
     """Ray Train's per-worker function.
 
@@ -251,7 +268,9 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     if state is not None:
         raw_model.load_state_dict(state["model"])
     elif cfg.model.init_from:
-        raw_model.load_state_dict(read_model_dir(cfg.model.init_from)[1])
+        added = load_initial_weights(raw_model, read_model_dir(cfg.model.init_from)[1])
+        if added and rank == 0:
+            print(f"[{cfg.name}] {cfg.model.init_from}: added {', '.join(added)} as identities", flush=True)
     model = ray.train.torch.prepare_model(raw_model)  # Ray: move to device, wrap in DDP when world > 1
     group = cfg.data.group_by_width
     steps_per_epoch = int(config["train_rows"]) // world // (cfg.batch_size * group) * group

@@ -218,3 +218,59 @@ def test_satrn_cnn_stages_set_the_stride_and_keep_the_paper_layout_by_default() 
     )
     with pytest.raises(ValueError, match="stages"):
         build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"], cnn_stages=0)
+
+
+def test_satrn_grows_deeper_from_a_trained_smaller_one_without_changing_its_output() -> None:
+    torch.manual_seed(0)
+    small = build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"]).train()
+    images, texts = torch.randn(4, 3, 32, 96), ["ab", "Total", "12.50", "x"]
+    optimizer = torch.optim.Adam(small.parameters(), lr=3e-3)
+    for _ in range(5):  # trained weights, not a fresh init (LayerNorms and biases away from 0 and 1)
+        optimizer.zero_grad()
+        _loss(small, images, texts).backward()
+        optimizer.step()
+    deeper_kwargs = {**TINY["satrn"], "encoder_layers": 3, "decoder_layers": 3}
+    deeper = build_recognizer("satrn", NUM_CLASSES, **deeper_kwargs)
+    assert isinstance(deeper, SATRN)
+    added = deeper.load_deeper(small.state_dict())
+    assert added == [
+        "prediction.transformer.layers.1",
+        "prediction.transformer.layers.2",
+        "sequence.layers.2",
+    ]
+    small.eval(), deeper.eval()
+    tokenizer = make_tokenizer(small.decoding, Charset())
+    targets, _ = tokenizer.encode(texts)
+    with torch.no_grad():
+        assert torch.allclose(deeper(images, targets), small(images, targets), atol=1e-5)
+    # The added layers learn: the deeper model's loss goes down from the smaller one's.
+    deeper.train()
+    optimizer = torch.optim.Adam(deeper.parameters(), lr=3e-3)
+    start = _loss(deeper, images, texts).item()
+    for _ in range(10):
+        optimizer.zero_grad()
+        _loss(deeper, images, texts).backward()
+        optimizer.step()
+    assert _loss(deeper, images, texts).item() < start
+    assert deeper.sequence.layers[2].attn.out_proj.weight.abs().sum() > 0
+    # Same depth: a plain strict load.
+    assert build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"]).load_deeper(small.state_dict()) == []
+
+
+def test_satrn_refuses_to_grow_from_weights_that_do_not_fit() -> None:
+    small = build_recognizer("satrn", NUM_CLASSES, **TINY["satrn"])
+    deeper = build_recognizer("satrn", NUM_CLASSES, **{**TINY["satrn"], "encoder_layers": 3})
+    assert isinstance(small, SATRN) and isinstance(deeper, SATRN)
+    with pytest.raises(ValueError, match="does not have"):
+        small.load_deeper(deeper.state_dict())  # shrinking
+    wider = build_recognizer("satrn", NUM_CLASSES, **{**TINY["satrn"], "encoder_ff": 64})
+    assert isinstance(wider, SATRN)
+    with pytest.raises(ValueError, match="another shape"):
+        wider.load_deeper(small.state_dict())
+    state = dict(small.state_dict())
+    del state["sequence.layers.0.attn_norm.weight"]  # a layer in the middle, not a new last one
+    with pytest.raises(ValueError, match="only the last layers"):
+        deeper.load_deeper(state)
+    del state["features.layers.0.weight"]
+    with pytest.raises(ValueError, match="only whole encoder/decoder layers"):
+        deeper.load_deeper(state)
