@@ -426,6 +426,7 @@ def attention_beam_search(
     tokenizer: Tokenizer,
     beam_width: int = 5,
     max_len: int = 32,
+    max_repeat: int | None = None,
 ) -> list[Hypothesis]:
     """Beam search over an attention model, one sample at a time (the encoder runs batched).
 
@@ -436,21 +437,30 @@ def attention_beam_search(
     hypothesis with the best mean log-probability per token wins (live ones only when none finished).
     With ``beam_width=1`` this is greedy decoding.
 
+    ``max_repeat`` forbids a beam to write any token more than that many times in a row. An attention
+    decoder that loses its place in a wide blank (``\\hspace``, ``\\qquad``) can repeat a space token
+    until ``max_len``, turning one missed gap into a hundred wrong tokens and dropping the rest of the
+    formula; forbidding the next repeat makes it choose its second-best token, which is usually the
+    way back into the formula.
+
     Args:
         model: an autoregressive recogniser.
         images: ``[b, c, h, w]`` normalised images.
         tokenizer: maps ids to text.
         beam_width: hypotheses kept per step.
         max_len: most decoding steps (EOS included).
+        max_repeat: most consecutive copies of one token (``None``: no limit).
 
     Returns:
         One :class:`Hypothesis` per sample.
 
     Raises:
-        ValueError: ``beam_width < 1`` or ``max_len < 1``.
+        ValueError: ``beam_width``, ``max_len`` or ``max_repeat`` below 1.
     """
-    if beam_width < 1 or max_len < 1:
-        raise ValueError(f"beam_width and max_len must be >= 1, got {beam_width} and {max_len}")
+    if beam_width < 1 or max_len < 1 or (max_repeat is not None and max_repeat < 1):
+        raise ValueError(
+            f"beam_width, max_len and max_repeat must be >= 1, got {beam_width}, {max_len} and {max_repeat}"
+        )
     memory = model.encode(images)
     out: list[Hypothesis] = []
     for i in range(images.shape[0]):
@@ -461,6 +471,11 @@ def attention_beam_search(
         for _ in range(max_len):
             logits, state = model.step(state, tokens)
             log_probs = logits.float().log_softmax(dim=-1)  # [live, C]
+            if max_repeat is not None:
+                for row, beam in enumerate(live):
+                    tail = beam.ids[-max_repeat:]
+                    if len(tail) == max_repeat and len(set(tail)) == 1:
+                        log_probs[row, tail[0]] = -math.inf
             totals = (
                 log_probs + torch.tensor([beam.log_prob for beam in live], device=log_probs.device)[:, None]
             )

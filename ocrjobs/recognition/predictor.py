@@ -77,7 +77,17 @@ MIN_ASPECT = 0.75
 WIDTH_STEP = 16
 _PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
 _POSTPROCESS_KEYS = frozenset(
-    {"decoder", "beam_width", "max_len", "lm", "lm_weight", "length_bonus", "beam_confident", "drop_score"}
+    {
+        "decoder",
+        "beam_width",
+        "max_len",
+        "max_repeat",
+        "lm",
+        "lm_weight",
+        "length_bonus",
+        "beam_confident",
+        "drop_score",
+    }
 )
 
 
@@ -209,6 +219,8 @@ class RecognitionPredictor:
         decoder: ``"greedy"`` or ``"beam"``.
         beam_width: beams for ``decoder="beam"``.
         max_len: attention models: most decoding steps (EOS included).
+        max_repeat: attention models: no token is written more than this many times in a row
+            (``attention_beam_search``; greedy decoding then runs as a beam of one); ``None``: no limit.
         device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); the model is moved there.
         batch_size: crops per forward pass.
         amp: autocast (bfloat16, or float16 on GPUs without bfloat16); decoding runs in float32.
@@ -246,6 +258,7 @@ class RecognitionPredictor:
         decoder: Literal["greedy", "beam"] = "greedy",
         beam_width: int = 5,
         max_len: int = 32,
+        max_repeat: int | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 64,
         amp: bool = False,
@@ -282,6 +295,9 @@ class RecognitionPredictor:
         self.decoder = decoder
         self.beam_width = int(beam_width)
         self.max_len = int(max_len)
+        if max_repeat is not None and (max_repeat < 1 or model.decoding != "attention"):
+            raise ValueError(f"max_repeat must be >= 1 and is for attention models, got {max_repeat}")
+        self.max_repeat = None if max_repeat is None else int(max_repeat)
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
         self.mean = tuple(float(m) for m in mean)
@@ -462,9 +478,10 @@ class RecognitionPredictor:
         """The batch's hypotheses and its number of CTC frames (0 for attention models)."""
         with self._inference():
             if isinstance(self.model, AttentionRecognizer):
-                if self.decoder == "beam":
+                if self.decoder == "beam" or self.max_repeat is not None:
+                    width = self.beam_width if self.decoder == "beam" else 1
                     hyps = attention_beam_search(
-                        self.model, batch, self.tokenizer, self.beam_width, self.max_len
+                        self.model, batch, self.tokenizer, width, self.max_len, self.max_repeat
                     )
                 else:
                     hyps = attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
@@ -564,6 +581,7 @@ class RecognitionPredictor:
                 "decoder": self.decoder,
                 "beam_width": self.beam_width,
                 "max_len": self.max_len,
+                **({"max_repeat": self.max_repeat} if self.max_repeat is not None else {}),
                 **(
                     {"lm": LM_FILE, "lm_weight": self.lm_weight, "length_bonus": self.length_bonus}
                     if self.lm is not None

@@ -281,3 +281,22 @@ def test_greedy_confidence_equals_scoring_of_its_own_output() -> None:
     for h, score in zip(hyps, ll, strict=True):
         if h in ended:
             assert h.score == pytest.approx(score, rel=1e-5)
+
+
+def test_attention_beam_max_repeat_breaks_a_loop() -> None:
+    # After BOS or 'a': a 0.5, b 0.3, EOS 0.2 ('a' forever is the greedy reading); after 'b': EOS.
+    classes = len(CHARS) + 1
+    probs = torch.zeros(classes + 2, classes)
+    probs[:, 0] = 1.0
+    probs[[classes, 1]] = 0.0
+    probs[[classes, 1], 1], probs[[classes, 1], 2], probs[[classes, 1], 0] = 0.5, 0.3, 0.2
+    model = MarkovModel(probs.clamp_min(1e-12).log())
+    images = torch.zeros(2, 3, 8, 8)
+    assert attention_beam_search(model, images, ATT, beam_width=1, max_len=8)[0].text == "a" * 8
+    capped = attention_beam_search(model, images, ATT, beam_width=1, max_len=8, max_repeat=3)
+    assert [h.text for h in capped] == ["aaab", "aaab"]
+    assert capped[0].char_scores == pytest.approx([0.5, 0.5, 0.5, 0.3], rel=1e-4)
+    # A wider beam compares the way out with the other readings: "b" (mean log p of 0.3, 1) wins.
+    assert attention_beam_search(model, images, ATT, beam_width=3, max_len=8, max_repeat=1)[0].text == "b"
+    with pytest.raises(ValueError, match="max_repeat"):
+        attention_beam_search(model, images, ATT, max_repeat=0)
