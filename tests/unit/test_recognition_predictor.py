@@ -206,6 +206,13 @@ def test_model_dir_round_trip(
     assert loaded.name == memorised.name and loaded.width == memorised.width
     overridden = RecognitionPredictor.from_model_dir(folder, decoder="beam", batch_size=2)
     assert (overridden.decoder, overridden.batch_size) == ("beam", 2)
+    if memorised.model.decoding == "attention":
+        # A repeat limit is a folder setting like the decoder; a word has no letter 3 times in a row.
+        capped = _like(memorised, max_repeat=2)
+        capped.save_model_dir(folder)
+        assert yaml.safe_load(Path(folder, "config.yaml").read_text())["postprocess"]["max_repeat"] == 2
+        reloaded = RecognitionPredictor.from_model_dir(folder)
+        assert reloaded.max_repeat == 2 and [r.text for r in reloaded(crops)] == WORDS
 
 
 # ---------------------------------------------------------------- preprocessing and validation
@@ -276,6 +283,8 @@ def test_predictor_rejects_a_mismatched_tokenizer_or_settings() -> None:
         _tiny_ctc_predictor(decoder="viterbi")
     with pytest.raises(ValueError, match=">= 1"):
         _tiny_ctc_predictor(batch_size=0)
+    with pytest.raises(ValueError, match="max_repeat"):
+        _tiny_ctc_predictor(max_repeat=3)  # CTC collapses repeats itself: attention models only
 
 
 def test_from_model_dir_rejects_other_tasks_and_unknown_settings(tmp_path: object) -> None:
