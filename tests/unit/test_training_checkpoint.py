@@ -136,7 +136,11 @@ def test_export_writes_a_model_folder_the_predictor_loads(tmp_path: Path) -> Non
     crops = [
         np.random.default_rng(i).integers(0, 255, (20, 50 + 10 * i, 3), dtype=np.uint8) for i in range(3)
     ]
-    assert [(r.text, r.score) for r in predictor(crops)] == [(r.text, r.score) for r in reference(crops)]
+    # The folder's predictor runs on ONNX Runtime ("auto" on CPU), the reference on PyTorch: the same
+    # texts, scores equal to float rounding (exact equality failed 1 run in 3 on random weights).
+    read, expected = predictor(crops), reference(crops)
+    assert [r.text for r in read] == [r.text for r in expected]
+    assert [r.score for r in read] == pytest.approx([r.score for r in expected], rel=1e-4)
     card = (tmp_path / "models" / "crnn_unit" / "CARD.md").read_text()
     assert "ocrjobs train --config configs/x.yaml" in card
     assert "epochs: 4 of 10" in card and "synthetic `lines` x 8" in card and "| val_cer | 0.2500 |" in card
