@@ -80,6 +80,7 @@ def line_predictor(task: Any, model: nn.Module, tokenizer: Tokenizer) -> Recogni
         decoder=settings["decoder"],
         beam_width=int(settings["beam_width"]),
         max_len=task.max_len,
+        max_repeat=settings.get("max_repeat"),
     )
 
 
