@@ -1,4 +1,4 @@
-"""Choose a formula model's decoding settings on the held-out val part of im2latex train.
+"""Choose a formula model's inference settings (decoding, input width) on the held-out val part of im2latex train.
 
 The data are the formulas a formula training config holds out for validation (``holdout_every: 10`` of
 ``configs/train_satrn_latex.yaml``: every 10th im2latex train image by name), never the validate split
@@ -7,6 +7,7 @@ given, and prints the formula metrics (exact match, formula WER, BLEU-4, formula
 
     python benchmarks/formula_decoding.py --model models/satrn_latex --max-repeat none,3,4,5,6
     python benchmarks/formula_decoding.py --model models/satrn64_latex --beam-width 1,4,8
+    python benchmarks/formula_decoding.py --model models/satrn_latex --width 480,640,800
 
 Put the chosen value in the folder's ``config.yaml`` (``postprocess``), add a version suffix (bulk
 output shards read with other settings are then never mixed on resume), and report validate with
@@ -37,6 +38,7 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--max-repeat", help="comma-separated values; none: no limit")
     group.add_argument("--beam-width", help="comma-separated beam widths (1: greedy)")
+    group.add_argument("--width", help="comma-separated widest inputs (preprocess width; wider are squeezed)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
 
@@ -55,6 +57,8 @@ def main() -> None:
     refs = [r.text for r in held_out]
     if args.max_repeat is not None:
         settings = [{"max_repeat": v} for v in _values(args.max_repeat, int)]
+    elif args.width is not None:
+        settings = [{"width": v} for v in _values(args.width, int)]
     else:
         settings = [
             {"decoder": "greedy"} if v == 1 else {"decoder": "beam", "beam_width": v}
