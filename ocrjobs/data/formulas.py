@@ -428,51 +428,41 @@ class FormulaMutator:
             for k, token in enumerate(tokens):
                 if token in self._class_of and k not in protected:
                     pools.setdefault(self._class_of[token], []).append(token)
-            self._groups += [tuple(tokens[a + 1 : b]) for a, b in self._brace_groups(tokens)]
+            self._groups += [tuple(tokens[a + 1 : b]) for a, b in self._brace_groups(tokens, protected)]
         self._pools = {name: tuple(pool) for name, pool in pools.items()}
         self._groups.sort(key=len)
         self._group_lengths = np.array([len(g) for g in self._groups])
 
     @staticmethod
-    def _brace_groups(tokens: Sequence[str]) -> list[tuple[int, int]]:
-        """``(open, close)`` positions of balanced, non-empty ``{ ... }`` groups that are not arguments
-        of a protected command (nor inside one)."""
+    def _brace_groups(tokens: list[str], protected: set[int]) -> list[tuple[int, int]]:
+        """``(open, close)`` positions of balanced, non-empty ``{ ... }`` groups that do not start at a
+        ``protected`` position (:meth:`_protected`: the argument of a protected command, or inside one)."""
         groups: list[tuple[int, int]] = []
         stack: list[int] = []
-        protected_depth: int | None = None
         for k, token in enumerate(tokens):
             if token == "{":
-                if protected_depth is None and k and tokens[k - 1] in _PROTECTED:
-                    protected_depth = len(stack)
                 stack.append(k)
             elif token == "}" and stack:
                 start = stack.pop()
-                if protected_depth is not None and len(stack) == protected_depth:
-                    protected_depth = None
-                elif protected_depth is None and k > start + 1:
+                if start not in protected and k > start + 1:
                     groups.append((start, k))
         return groups if not stack else []  # unbalanced: no groups
 
     @staticmethod
-    def _protected(tokens: Sequence[str]) -> set[int]:
-        """Positions inside the brace group right after a protected command."""
+    def _protected(tokens: list[str]) -> set[int]:
+        """Positions of the brace group right after a protected command, braces included."""
         out: set[int] = set()
         for k, token in enumerate(tokens):
             if token in _PROTECTED and k + 1 < len(tokens) and tokens[k + 1] == "{":
-                depth, j = 0, k + 1
-                while j < len(tokens):
-                    depth += {"{": 1, "}": -1}.get(tokens[j], 0)
-                    out.add(j)
-                    if depth == 0:
-                        break
-                    j += 1
+                out.update(range(k + 1, _group_end(tokens, k + 1)))
         return out
 
     def mutate(self, formula: str, rng: np.random.Generator) -> str:
         """A variant of ``formula`` (space-separated tokens in, space-separated tokens out)."""
         tokens = formula.split()
+        keep = self._protected(tokens)
         if self._groups and rng.random() < self.splice_p:
-            groups = self._brace_groups(tokens)
+            groups = self._brace_groups(tokens, keep)
             if groups:
                 a, b = groups[int(rng.integers(len(groups)))]
                 size = b - a - 1
@@ -482,7 +472,7 @@ class FormulaMutator:
                 if hi > lo:
                     donor = self._groups[int(rng.integers(lo, hi))]
                     tokens = [*tokens[: a + 1], *donor, *tokens[b:]]
-        keep = self._protected(tokens)
+                    keep = self._protected(tokens)  # positions after the splice moved
         for k, token in enumerate(tokens):
             name = self._class_of.get(token)
             if name is None or k in keep or rng.random() >= self.swap_p:
