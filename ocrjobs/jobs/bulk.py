@@ -90,6 +90,7 @@ from ocrjobs.jobs.bulk_config import (
     EXPORT_FORMATS,
     FORMATS,
     FORMULA_ENSEMBLE,
+    FORMULA_ENSEMBLE_WEIGHTS,
     BulkConfig,
     DecodeConfig,
     DocumentsConfig,
@@ -131,6 +132,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "FORMATS",
     "FORMULA_ENSEMBLE",
+    "FORMULA_ENSEMBLE_WEIGHTS",
     "BulkConfig",
     "DecodeConfig",
     "DocumentsConfig",
@@ -693,7 +695,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--recognizer",
         action="append",
         help="recognition model folder; repeat it to read with the members' propose-and-score ensemble "
-        f"(task latex default: {' + '.join(FORMULA_ENSEMBLE)}, or whichever of them exists)",
+        f"(task latex default: {' + '.join(FORMULA_ENSEMBLE)} weighted "
+        f"{' : '.join(f'{w:g}' for w in FORMULA_ENSEMBLE_WEIGHTS)}, or whichever of them exists)",
     )
     parser.add_argument("--shard-size", type=int, help="input files per output shard")
     parser.add_argument("--max-shards", type=int, help="process at most N unfinished shards in this run")

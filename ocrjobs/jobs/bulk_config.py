@@ -22,6 +22,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "FORMATS",
     "FORMULA_ENSEMBLE",
+    "FORMULA_ENSEMBLE_WEIGHTS",
     "BulkConfig",
     "DecodeConfig",
     "DocumentsConfig",
@@ -39,6 +40,11 @@ log = logging.getLogger("ocrjobs.jobs.bulk")
 # The recognizer of ``task: latex`` when none is given: the multi-scale formula ensemble (one SATRN at
 # input heights 48 and 64), or whichever of the two folders exists (default_formula_members).
 FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex")
+# Their weights in the ensemble's mean score, used whenever the recognizer is FORMULA_ENSEMBLE and the
+# config gives no recognizer_weights: fitted on the held-out val part of im2latex train
+# (`ocrjobs eval latex --split train --holdout-every 10 --weights ...`), never on validate. configs/serve.yaml
+# gives its formula members the same weights.
+FORMULA_ENSEMBLE_WEIGHTS: tuple[float, ...] = (1.0, 0.5)
 # The recognizer of ``task: ocr`` and ``recognize`` when none is given.
 _LINE_RECOGNIZER = "models/crnn_doc"
 
@@ -178,7 +184,8 @@ class BulkConfig(StrictModel):
             exist, :func:`default_formula_members`); ``null`` means the task's default
             (``models/crnn_doc`` for ``ocr`` and ``recognize``).
         recognizer_weights: an ensemble's members' weights in its mean score, in member order
-            (``null``: equal), as Serve's ``members[].weight``.
+            (``null``: equal), as Serve's ``members[].weight``. Not given with the recognizer
+            :data:`FORMULA_ENSEMBLE`: :data:`FORMULA_ENSEMBLE_WEIGHTS`.
         shard_size: input files per output shard (a shard holds every page of its files).
         max_shards: process at most this many unfinished shards in this run (the next run does the rest).
         max_pixels: largest ``width * height`` of a page (an image, a TIFF frame, a PDF page at
@@ -236,6 +243,15 @@ class BulkConfig(StrictModel):
         if isinstance(data, dict) and data.get("recognizer") is None:
             default = list(FORMULA_ENSEMBLE) if data.get("task") == "latex" else _LINE_RECOGNIZER
             data = {**data, "recognizer": default}
+        # The default formula ensemble comes with its fitted weights unless the config names its own
+        # (an explicit null means equal weights).
+        if (
+            isinstance(data, dict)
+            and data.get("task") == "latex"
+            and data.get("recognizer") == list(FORMULA_ENSEMBLE)
+            and "recognizer_weights" not in data
+        ):
+            data = {**data, "recognizer_weights": list(FORMULA_ENSEMBLE_WEIGHTS)}
         return data
 
     @model_validator(mode="after")

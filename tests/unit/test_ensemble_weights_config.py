@@ -44,6 +44,27 @@ def test_a_cut_down_formula_ensemble_keeps_its_members_weights(monkeypatch: pyte
     assert cut.recognizer == "models/satrn64_latex" and cut.recognizer_weights == [0.7]
 
 
+def test_the_default_formula_ensemble_comes_with_its_fitted_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocrjobs.jobs import bulk_config
+    from ocrjobs.jobs.bulk import FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS
+
+    assert len(FORMULA_ENSEMBLE_WEIGHTS) == len(FORMULA_ENSEMBLE)
+    default = BulkConfig(input="in", output="out", task="latex")
+    assert default.recognizer_weights == list(FORMULA_ENSEMBLE_WEIGHTS)
+    # Naming the same folders gets the same weights; other members, or an explicit null, do not.
+    named = BulkConfig(input="in", output="out", task="latex", recognizer=list(FORMULA_ENSEMBLE))
+    assert named.recognizer_weights == list(FORMULA_ENSEMBLE_WEIGHTS)
+    equal = BulkConfig(input="in", output="out", task="latex", recognizer_weights=None)
+    assert equal.recognizer == list(FORMULA_ENSEMBLE) and equal.recognizer_weights is None
+    other = BulkConfig(input="in", output="out", task="latex", recognizer=["m/a", "m/b"])
+    assert other.recognizer_weights is None
+    assert BulkConfig(input="in", output="out").recognizer_weights is None
+    # Cut down to the one folder that exists, the default keeps that member's weight.
+    monkeypatch.setattr(bulk_config.storage, "exists", lambda uri, config=None: "satrn_latex/" in uri)
+    cut = default_formula_members(default)
+    assert cut.recognizer == "models/satrn_latex" and cut.recognizer_weights == [FORMULA_ENSEMBLE_WEIGHTS[0]]
+
+
 def test_the_bulk_recognition_stage_weights_its_members() -> None:
     from ocrjobs.jobs.bulk_udfs import RecognizeStage
     from ocrjobs.recognition.ensemble import Ensemble

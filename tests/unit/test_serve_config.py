@@ -37,6 +37,12 @@ def test_the_shipped_serve_yaml_is_a_serve_config_file_for_our_builder() -> None
     assert reserved <= 2.0
     for section in [config.detector, *config.members]:
         assert section.max_ongoing_requests >= section.max_batch_size > 1
+    # /v1/latex combines the formula folders exactly as `ocrjobs bulk --task latex` does by default.
+    from ocrjobs.jobs.bulk_config import FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS
+
+    assert [(m.model, m.weight) for m in config.formulas] == list(
+        zip(FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS, strict=True)
+    )
 
 
 def test_the_rayservice_manifest_carries_a_valid_config() -> None:

@@ -101,13 +101,15 @@ def test_shipped_formula_ensemble_reads_short_validate_formulas(shared_data: Pat
     # (validate 1 - WER 0.54): on 2026-12-06 they got 29 of these 118 tokens wrong (0.25; one formula
     # exact). A broken export, vocabulary or preprocessing gets most of them wrong.
     from ocrjobs.data.formats import read_im2latex
-    from ocrjobs.jobs.bulk_config import FORMULA_ENSEMBLE
+    from ocrjobs.jobs.bulk_config import FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS
     from ocrjobs.metrics.text import edit_distance
     from ocrjobs.recognition.ensemble import Ensemble
 
     records = read_im2latex(str(shared_data / "im2latex"), "validate")
     shortest = sorted(records, key=lambda r: (len(r.regions[0].text.split()), r.uri))[:6]
-    ensemble = Ensemble.from_model_dirs([REPO / p for p in FORMULA_ENSEMBLE])
+    ensemble = Ensemble.from_model_dirs(
+        [REPO / p for p in FORMULA_ENSEMBLE], weights=FORMULA_ENSEMBLE_WEIGHTS
+    )
     readings = ensemble([read_image(r.uri) for r in shortest])
     truths = [r.regions[0].text.split() for r in shortest]
     wrong = sum(edit_distance(o.text.split(), t) for o, t in zip(readings, truths, strict=True))
