@@ -2,7 +2,9 @@
 
 ``ray job submit`` and ``RAY_ADDRESS`` name a cluster: we connect to it. Otherwise a job starts its own
 local Ray without the dashboard: the dashboard agent's start-up can exceed the raylet's fixed 30 s wait
-on a busy small machine (RAY_NOTES), and a job that only runs locally never needs it.
+on a busy small machine (RAY_NOTES), and a job that only runs locally never needs it. Without it Ray's
+state API is gone, so the workers of a local Ray quiet the one Ray component that polls it
+(:func:`quiet_local_workers`).
 
 Jobs size their tasks and actors from :func:`alive_nodes` (what each node has), not from
 ``ray.cluster_resources()``: a total of 3 CPUs on three 1-CPU nodes cannot host one actor of 1.25 CPU,
@@ -18,7 +20,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["NodeResources", "alive_nodes", "describe_nodes", "ensure_ray", "ray_logs_to_file"]
+__all__ = [
+    "NodeResources",
+    "alive_nodes",
+    "describe_nodes",
+    "ensure_ray",
+    "quiet_local_workers",
+    "ray_logs_to_file",
+]
+
+# Ray Train's detached PlacementGroupCleaner asks the state API (served by the dashboard) once a second
+# whether the train controller still lives, and logs a warning each time it cannot: without a dashboard
+# that is one line a second on the terminal of `ocrjobs train`, for the whole run.
+_STATE_API_POLLERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
 
 
 @dataclass(frozen=True)
@@ -96,8 +110,20 @@ def ensure_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> bool:
             num_cpus=num_cpus or os.cpu_count(),
             include_dashboard=False,
             log_to_driver=log_to_driver,
+            runtime_env={"worker_process_setup_hook": f"{__name__}.quiet_local_workers"},
         )
     return True
+
+
+def quiet_local_workers() -> None:
+    """Worker set-up of the local Ray :func:`ensure_ray` starts: silence what polls the state API.
+
+    The local Ray has no dashboard, hence no state API, and what polls it could only log its failure
+    once a second. Its job (removing a crashed train controller's placement group) has no object here:
+    the local Ray ends with the process that started it.
+    """
+    for name in _STATE_API_POLLERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 @contextmanager
