@@ -239,15 +239,16 @@ class BulkConfig(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _task_recognizer(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
         # No recognizer (or null): the task's own. The line recognizer is no default for formulas.
-        if isinstance(data, dict) and data.get("recognizer") is None:
+        if data.get("recognizer") is None:
             default = list(FORMULA_ENSEMBLE) if data.get("task") == "latex" else _LINE_RECOGNIZER
             data = {**data, "recognizer": default}
         # The default formula ensemble comes with its fitted weights unless the config names its own
         # (an explicit null means equal weights).
         if (
-            isinstance(data, dict)
-            and data.get("task") == "latex"
+            data.get("task") == "latex"
             and data.get("recognizer") == list(FORMULA_ENSEMBLE)
             and "recognizer_weights" not in data
         ):

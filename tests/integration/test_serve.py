@@ -739,8 +739,8 @@ def test_shipped_models_read_rendered_receipt_lines(shipped: str, fmt: str) -> N
 
 
 def test_shipped_formula_models_read_a_validate_formula(shipped: str, shared_data: Path) -> None:
-    # One of the shortest im2latex validate formulas (18 tokens), which the shipped pair read exactly
-    # on 2026-12-06; more than a quarter of its tokens wrong fails (their validate 1 - WER is 0.54).
+    # One of the shortest im2latex validate formulas (18 tokens), which the shipped pair of validate
+    # 1 - WER 0.54 already read exactly on 2026-12-06; more than a quarter of its tokens wrong fails.
     from ocrjobs.data.formats import read_im2latex
     from ocrjobs.metrics.text import edit_distance
 

@@ -97,8 +97,8 @@ def test_shipped_pipeline_reads_the_vertical_document_numbers_of_held_out_forms(
 
 def test_shipped_formula_ensemble_reads_short_validate_formulas(shared_data: Path) -> None:
     # The formula ensemble `ocrjobs bulk --task latex` runs by default (its folders in member order),
-    # on the six shortest im2latex validate formulas (17-24 tokens). Its models are early checkpoints
-    # (validate 1 - WER 0.54): on 2026-12-06 they got 29 of these 118 tokens wrong (0.25; one formula
+    # on the six shortest im2latex validate formulas (17-24 tokens). Its models are early checkpoints:
+    # the pair of validate 1 - WER 0.54 (2026-12-06) got 29 of these 118 tokens wrong (0.25; one formula
     # exact). A broken export, vocabulary or preprocessing gets most of them wrong.
     from ocrjobs.data.formats import read_im2latex
     from ocrjobs.jobs.bulk_config import FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS
