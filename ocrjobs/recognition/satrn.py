@@ -247,6 +247,88 @@ class TransformerDecoderHead(nn.Module):
         x = self.transformer(x, memory, tgt_mask=mask, tgt_is_causal=True)
         return self.classifier(x)
 
+    def init_cache(self, memory: torch.Tensor) -> State:
+        """The decoding state before the first token: each layer's memory keys and values, computed once,
+        and empty self-attention keys and values.
+
+        Args:
+            memory: ``[b, n, d]`` encoder output.
+
+        Returns:
+            ``2 * layers`` memory tensors then ``2 * layers`` self-attention tensors, each
+            ``[b, heads, n or 0, d / heads]`` (batch first, so beam search reorders them all alike).
+        """
+        memory_kv: list[torch.Tensor] = []
+        self_kv: list[torch.Tensor] = []
+        for layer in self._layers():
+            attn = layer.multihead_attn
+            _, w_k, w_v = attn.in_proj_weight.chunk(3)
+            _, b_k, b_v = attn.in_proj_bias.chunk(3)
+            memory_kv += [self._heads(memory @ w_k.T + b_k, attn), self._heads(memory @ w_v.T + b_v, attn)]
+            empty = memory.new_zeros(memory.shape[0], attn.num_heads, 0, self.dim // attn.num_heads)
+            self_kv += [empty, empty]
+        return (*memory_kv, *self_kv)
+
+    def step(self, cache: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
+        """Decode one more position with the keys and values of the earlier ones cached.
+
+        Computes what :meth:`forward` computes for the last position of the prefix (the layers' own
+        pre-norm arithmetic, in eval mode), in time linear in the prefix instead of quadratic, and
+        without recomputing the memory's keys and values at every step.
+
+        Args:
+            cache: from :meth:`init_cache` or the previous step.
+            tokens: ``[b]`` the input at this position (BOS first, then the previous outputs).
+
+        Returns:
+            The logits ``[b, num_classes]`` of the next token and the cache with this position added.
+        """
+        layers = self._layers()
+        memory_kv, self_kv = cache[: 2 * len(layers)], cache[2 * len(layers) :]
+        position = self_kv[0].shape[2]
+        x = self.embedding(tokens[:, None]) * math.sqrt(self.dim)  # [b, 1, d]
+        x = x + sinusoidal_positions(position + 1, self.dim, tokens.device)[position].to(x.dtype)
+        new_self_kv: list[torch.Tensor] = []
+        for i, layer in enumerate(layers):
+            sa, mha = layer.self_attn, layer.multihead_attn
+            h = layer.norm1(x)
+            q, k, v = (
+                self._heads(t, sa)
+                for t in nn.functional.linear(h, sa.in_proj_weight, sa.in_proj_bias).chunk(3, -1)
+            )
+            k = torch.cat([self_kv[2 * i], k], dim=2)
+            v = torch.cat([self_kv[2 * i + 1], v], dim=2)
+            new_self_kv += [k, v]
+            x = x + layer.dropout1(
+                sa.out_proj(self._merge(nn.functional.scaled_dot_product_attention(q, k, v)))
+            )
+            h = layer.norm2(x)
+            w_q, b_q = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
+            q = self._heads(nn.functional.linear(h, w_q, b_q), mha)
+            attended = nn.functional.scaled_dot_product_attention(q, memory_kv[2 * i], memory_kv[2 * i + 1])
+            x = x + layer.dropout2(mha.out_proj(self._merge(attended)))
+            h = layer.norm3(x)
+            x = x + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
+        norm = self.transformer.norm
+        assert norm is not None  # built with a final LayerNorm (__init__)
+        return self.classifier(norm(x))[:, 0], (*memory_kv, *new_self_kv)
+
+    def _layers(self) -> list[nn.TransformerDecoderLayer]:
+        layers = list(self.transformer.layers)
+        # The cached step repeats the pre-norm layer's arithmetic; a post-norm layer would differ.
+        assert all(layer.norm_first for layer in layers), "cached decoding needs norm_first layers"
+        return layers
+
+    @staticmethod
+    def _heads(x: torch.Tensor, attn: nn.MultiheadAttention) -> torch.Tensor:
+        """``[b, n, d] -> [b, heads, n, d / heads]``."""
+        return x.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+
+    @staticmethod
+    def _merge(x: torch.Tensor) -> torch.Tensor:
+        """``[b, heads, n, d / heads] -> [b, n, d]``."""
+        return x.transpose(1, 2).flatten(2)
+
 
 @dataclass(frozen=True)
 class SATRNConfig:
@@ -324,17 +406,17 @@ class SATRN(AttentionRecognizer):
         return self.prediction(flat, self.decoder_inputs(targets))
 
     def init_state(self, memory: torch.Tensor) -> State:
-        """``(flattened memory [b, h*w, d], tokens fed so far [b, 0])``."""
+        """The decoder's key/value cache for this memory (:meth:`TransformerDecoderHead.init_cache`)."""
         flat = memory.flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
-        return flat, torch.zeros(flat.shape[0], 0, dtype=torch.long, device=flat.device)
+        return self.prediction.init_cache(flat)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
-        """Append ``tokens [b]`` to the prefix and decode it; returns the last position's logits."""
-        flat, prefix = state
-        prefix = torch.cat([prefix, tokens.unsqueeze(1)], dim=1)
-        # No key/value cache: the prefix is re-decoded each step (label lengths are short).
-        logits = self.prediction(flat, prefix)[:, -1]
-        return logits, (flat, prefix)
+        """Feed ``tokens [b]``; returns the next token's logits and the cache with this position added.
+
+        Formulas run to 150 tokens: re-decoding the whole prefix at every step made decoding quadratic
+        in the formula's length and recomputed the memory's keys and values each time.
+        """
+        return self.prediction.step(state, tokens)
 
     def load_deeper(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the weights of a SATRN like this one but with fewer encoder or decoder layers.

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ocrjobs.recognition.aster import ASTER, AttentionRecognizer
+from ocrjobs.recognition.decode import attention_beam_search
 from ocrjobs.recognition.losses import attention_loss, ctc_loss
 from ocrjobs.recognition.models import ARCHS, Recognizer, arch_kwargs, build_recognizer
 from ocrjobs.recognition.satrn import SATRN
@@ -156,6 +157,39 @@ def test_stepwise_decoding_matches_teacher_forcing(arch: str) -> None:
             logits, state = model.step(state, inputs[:, t])
             steps.append(logits)
     assert torch.allclose(torch.stack(steps, dim=1), forced, atol=1e-4)
+
+
+class _PrefixRedecodingSATRN(SATRN):
+    """SATRN decoding as it did before its key/value cache: the whole prefix again at every step."""
+
+    def init_state(self, memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        flat = memory.flatten(2).transpose(1, 2)
+        return flat, torch.zeros(flat.shape[0], 0, dtype=torch.long)
+
+    def step(self, state: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        flat, prefix = state
+        prefix = torch.cat([prefix, tokens[:, None]], dim=1)
+        return self.prediction(flat, prefix)[:, -1], (flat, prefix)
+
+
+def test_satrn_cached_beam_search_matches_redecoding_the_prefix() -> None:
+    """Beam search reorders the cache's every part (memory and self-attention keys/values) with its beams."""
+    torch.manual_seed(0)
+    model = build_recognizer("satrn", NUM_CLASSES, **{**TINY["satrn"], "decoder_layers": 2}).eval()
+    assert isinstance(model, SATRN)
+    with torch.no_grad():  # an untrained model would end at once: make EOS unlikely, beams then reorder
+        model.prediction.classifier.bias[0] = -5.0
+    reference = _PrefixRedecodingSATRN(model.config).eval()
+    reference.load_state_dict(model.state_dict())
+    tokenizer = AttentionTokenizer()
+    images = torch.randn(3, 3, 32, 96)
+    with torch.no_grad():
+        cached = attention_beam_search(model, images, tokenizer, beam_width=4, max_len=20)
+        redecoded = attention_beam_search(reference, images, tokenizer, beam_width=4, max_len=20)
+    assert [h.ids for h in cached] == [h.ids for h in redecoded]
+    assert all(len(h.ids) > 10 for h in cached)
+    for a, b in zip(cached, redecoded, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-4)
 
 
 def test_aster_rectifier_starts_as_identity_and_resizes() -> None:
