@@ -99,6 +99,10 @@ class AttentionRecognizer(nn.Module, abc.ABC):
     def step(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
         """Feed the previous tokens ``[b]``; return the next token's logits ``[b, num_classes]``."""
 
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        """The state of the beams ``rows`` (indices into the state's first axis), as beam search keeps them."""
+        return tuple(part.index_select(0, rows) for part in state)
+
     def decoder_inputs(self, targets: torch.Tensor) -> torch.Tensor:
         """Targets shifted right behind BOS: ``[b, L] -> [b, L]`` (the last target is never an input)."""
         bos = torch.full_like(targets[:, :1], self.bos_id)

@@ -500,7 +500,7 @@ def attention_beam_search(
                 if all(beam.log_prob / (len(beam.token_log_probs) + 1) <= best_done for beam in next_live):
                     break
             index_rows = torch.tensor(rows, dtype=torch.long, device=images.device)
-            state = tuple(part.index_select(0, index_rows) for part in state)
+            state = model.reorder_state(state, index_rows)
             tokens = torch.tensor(
                 [beam.ids[-1] for beam in next_live], dtype=torch.long, device=images.device
             )

