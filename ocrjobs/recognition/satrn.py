@@ -256,7 +256,7 @@ class TransformerDecoderHead(nn.Module):
 
         Returns:
             ``2 * layers`` memory tensors then ``2 * layers`` self-attention tensors, each
-            ``[b, heads, n or 0, d / heads]`` (batch first, so beam search reorders them all alike).
+            ``[b, heads, n or 0, d / heads]`` (batch first; :meth:`reorder_cache` selects beams).
         """
         memory_kv: list[torch.Tensor] = []
         self_kv: list[torch.Tensor] = []
@@ -264,7 +264,10 @@ class TransformerDecoderHead(nn.Module):
             attn = layer.multihead_attn
             _, w_k, w_v = attn.in_proj_weight.chunk(3)
             _, b_k, b_v = attn.in_proj_bias.chunk(3)
-            memory_kv += [self._heads(memory @ w_k.T + b_k, attn), self._heads(memory @ w_v.T + b_v, attn)]
+            memory_kv += [
+                self._heads(nn.functional.linear(memory, w_k, b_k), attn),
+                self._heads(nn.functional.linear(memory, w_v, b_v), attn),
+            ]
             empty = memory.new_zeros(memory.shape[0], attn.num_heads, 0, self.dim // attn.num_heads)
             self_kv += [empty, empty]
         return (*memory_kv, *self_kv)
@@ -284,7 +287,7 @@ class TransformerDecoderHead(nn.Module):
             The logits ``[b, num_classes]`` of the next token and the cache with this position added.
         """
         layers = self._layers()
-        memory_kv, self_kv = cache[: 2 * len(layers)], cache[2 * len(layers) :]
+        memory_kv, self_kv = self._split(cache)
         position = self_kv[0].shape[2]
         x = self.embedding(tokens[:, None]) * math.sqrt(self.dim)  # [b, 1, d]
         x = x + sinusoidal_positions(position + 1, self.dim, tokens.device)[position].to(x.dtype)
@@ -305,7 +308,7 @@ class TransformerDecoderHead(nn.Module):
             h = layer.norm2(x)
             w_q, b_q = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
             q = self._heads(nn.functional.linear(h, w_q, b_q), mha)
-            # Memory keys/values of batch 1 serve every beam (SATRN.reorder_state keeps them shared).
+            # Memory keys/values of batch 1 serve every beam (reorder_cache keeps them shared).
             mem_k, mem_v = (part.expand(q.shape[0], -1, -1, -1) for part in memory_kv[2 * i : 2 * i + 2])
             attended = nn.functional.scaled_dot_product_attention(q, mem_k, mem_v)
             x = x + layer.dropout2(mha.out_proj(self._merge(attended)))
@@ -314,6 +317,23 @@ class TransformerDecoderHead(nn.Module):
         norm = self.transformer.norm
         assert norm is not None  # built with a final LayerNorm (__init__)
         return self.classifier(norm(x))[:, 0], (*memory_kv, *new_self_kv)
+
+    def reorder_cache(self, cache: State, rows: torch.Tensor) -> State:
+        """The cache of the beams ``rows``: self-attention keys/values selected, memory keys/values of
+        batch 1 kept shared.
+
+        Beam search decodes one image at a time, so every beam attends to the same memory: copying its
+        keys and values for every beam at every step cost ~13% of a formula's decoding.
+        """
+        memory_kv, self_kv = self._split(cache)
+        if memory_kv[0].shape[0] != 1:
+            memory_kv = tuple(part.index_select(0, rows) for part in memory_kv)
+        return (*memory_kv, *(part.index_select(0, rows) for part in self_kv))
+
+    def _split(self, cache: State) -> tuple[State, State]:
+        """The cache's memory keys/values and self-attention keys/values (:meth:`init_cache`'s layout)."""
+        layers = len(self.transformer.layers)
+        return cache[: 2 * layers], cache[2 * layers :]
 
     def _layers(self) -> list[nn.TransformerDecoderLayer]:
         layers = list(self.transformer.layers)
@@ -421,16 +441,8 @@ class SATRN(AttentionRecognizer):
         return self.prediction.step(state, tokens)
 
     def reorder_state(self, state: State, rows: torch.Tensor) -> State:
-        """Reorder the self-attention keys/values; memory keys/values of batch 1 stay shared.
-
-        Beam search decodes one image at a time, so every beam attends to the same memory: copying its
-        keys and values for every beam at every step cost ~13% of a formula's decoding.
-        """
-        layers = len(self.prediction.transformer.layers)
-        memory_kv, self_kv = state[: 2 * layers], state[2 * layers :]
-        if memory_kv[0].shape[0] != 1:
-            memory_kv = tuple(part.index_select(0, rows) for part in memory_kv)
-        return (*memory_kv, *(part.index_select(0, rows) for part in self_kv))
+        """The beams ``rows``, the image's memory keys/values shared (:meth:`TransformerDecoderHead.reorder_cache`)."""
+        return self.prediction.reorder_cache(state, rows)
 
     def load_deeper(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the weights of a SATRN like this one but with fewer encoder or decoder layers.
