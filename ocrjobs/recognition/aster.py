@@ -99,8 +99,18 @@ class AttentionRecognizer(nn.Module, abc.ABC):
     def step(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
         """Feed the previous tokens ``[b]``; return the next token's logits ``[b, num_classes]``."""
 
-    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
-        """The state of the beams ``rows`` (indices into the state's first axis), as beam search keeps them."""
+    def init_beam_state(self, memory: torch.Tensor, beams: int) -> State:
+        """The decoder state of ``beams`` rows per image (image ``i``'s are rows ``i * beams`` to
+        ``(i + 1) * beams - 1``), for beam search over a batch. This default copies the memory per row."""
+        return self.init_state(memory.repeat_interleave(beams, dim=0))
+
+    def reorder_state(self, state: State, rows: torch.Tensor, groups: torch.Tensor | None = None) -> State:
+        """The state of the beams ``rows`` (indices into the state's first axis), as beam search keeps them.
+
+        ``groups`` names the images still decoding when some leave the batch (``None``: all). Rows always
+        stay with their image; a model that stores something once per image (:meth:`init_beam_state`)
+        selects it by ``groups``. This default keeps everything per row and needs ``rows`` only.
+        """
         return tuple(part.index_select(0, rows) for part in state)
 
     def decoder_inputs(self, targets: torch.Tensor) -> torch.Tensor:

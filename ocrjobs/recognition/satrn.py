@@ -247,16 +247,18 @@ class TransformerDecoderHead(nn.Module):
         x = self.transformer(x, memory, tgt_mask=mask, tgt_is_causal=True)
         return self.classifier(x)
 
-    def init_cache(self, memory: torch.Tensor) -> State:
+    def init_cache(self, memory: torch.Tensor, beams: int = 1) -> State:
         """The decoding state before the first token: each layer's memory keys and values, computed once,
         and empty self-attention keys and values.
 
         Args:
             memory: ``[b, n, d]`` encoder output.
+            beams: decoding rows per memory (beam search): rows ``i * beams`` to ``(i + 1) * beams - 1``
+                all attend to memory ``i``, whose keys and values are stored once.
 
         Returns:
-            ``2 * layers`` memory tensors then ``2 * layers`` self-attention tensors, each
-            ``[b, heads, n or 0, d / heads]`` (batch first; :meth:`reorder_cache` selects beams).
+            ``2 * layers`` memory tensors ``[b, heads, n, d / heads]`` then ``2 * layers`` self-attention
+            tensors ``[b * beams, heads, 0, d / heads]`` (:meth:`reorder_cache` selects beams).
         """
         memory_kv: list[torch.Tensor] = []
         self_kv: list[torch.Tensor] = []
@@ -268,7 +270,7 @@ class TransformerDecoderHead(nn.Module):
                 self._heads(nn.functional.linear(memory, w_k, b_k), attn),
                 self._heads(nn.functional.linear(memory, w_v, b_v), attn),
             ]
-            empty = memory.new_zeros(memory.shape[0], attn.num_heads, 0, self.dim // attn.num_heads)
+            empty = memory.new_zeros(memory.shape[0] * beams, attn.num_heads, 0, self.dim // attn.num_heads)
             self_kv += [empty, empty]
         return (*memory_kv, *self_kv)
 
@@ -281,7 +283,8 @@ class TransformerDecoderHead(nn.Module):
 
         Args:
             cache: from :meth:`init_cache` or the previous step.
-            tokens: ``[b]`` the input at this position (BOS first, then the previous outputs).
+            tokens: ``[b]`` the input at this position (BOS first, then the previous outputs); ``b`` is
+                a multiple of the memory's batch, the rows of each memory consecutive (:meth:`init_cache`).
 
         Returns:
             The logits ``[b, num_classes]`` of the next token and the cache with this position added.
@@ -308,9 +311,7 @@ class TransformerDecoderHead(nn.Module):
             h = layer.norm2(x)
             w_q, b_q = mha.in_proj_weight.chunk(3)[0], mha.in_proj_bias.chunk(3)[0]
             q = self._heads(nn.functional.linear(h, w_q, b_q), mha)
-            # Memory keys/values of batch 1 serve every beam (reorder_cache keeps them shared).
-            mem_k, mem_v = (part.expand(q.shape[0], -1, -1, -1) for part in memory_kv[2 * i : 2 * i + 2])
-            attended = nn.functional.scaled_dot_product_attention(q, mem_k, mem_v)
+            attended = self._cross_attention(q, *memory_kv[2 * i : 2 * i + 2])
             x = x + layer.dropout2(mha.out_proj(self._merge(attended)))
             h = layer.norm3(x)
             x = x + layer.dropout3(layer.linear2(layer.dropout(layer.activation(layer.linear1(h)))))
@@ -318,16 +319,35 @@ class TransformerDecoderHead(nn.Module):
         assert norm is not None  # built with a final LayerNorm (__init__)
         return self.classifier(norm(x))[:, 0], (*memory_kv, *new_self_kv)
 
-    def reorder_cache(self, cache: State, rows: torch.Tensor) -> State:
-        """The cache of the beams ``rows``: self-attention keys/values selected, memory keys/values of
-        batch 1 kept shared.
+    @staticmethod
+    def _cross_attention(q: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor) -> torch.Tensor:
+        """Attention of the queries ``[rows, heads, 1, e]`` over memory keys/values ``[m, heads, n, e]``,
+        ``rows / m`` consecutive rows per memory.
 
-        Beam search decodes one image at a time, so every beam attends to the same memory: copying its
-        keys and values for every beam at every step cost ~13% of a formula's decoding.
+        Each memory's rows are one batch entry's queries, so the keys and values serve them all without
+        being copied per beam (copying them per beam at every step cost ~13% of a formula's decoding).
+        """
+        rows, groups = q.shape[0], mem_k.shape[0]
+        if rows == groups:
+            return nn.functional.scaled_dot_product_attention(q, mem_k, mem_v)
+        heads, e = q.shape[1], q.shape[3]
+        grouped = q.reshape(groups, rows // groups, heads, e).transpose(1, 2)  # [m, heads, rows/m, e]
+        attended = nn.functional.scaled_dot_product_attention(grouped, mem_k, mem_v)
+        return attended.transpose(1, 2).reshape(rows, heads, 1, e)
+
+    def reorder_cache(self, cache: State, rows: torch.Tensor, groups: torch.Tensor | None = None) -> State:
+        """The cache of the beams ``rows``: self-attention keys/values selected; memory keys/values kept
+        per memory, selected by ``groups`` (the memories still decoding) when some leave.
+
+        Args:
+            cache: from :meth:`init_cache` or :meth:`step`.
+            rows: indices into the self-attention rows; new row ``j`` of memory ``g`` must come from a row of
+                the same memory, ``rows / len(groups or memories)`` consecutive rows per memory.
+            groups: indices of the memories kept, in order (``None``: all of them).
         """
         memory_kv, self_kv = self._split(cache)
-        if memory_kv[0].shape[0] != 1:
-            memory_kv = tuple(part.index_select(0, rows) for part in memory_kv)
+        if groups is not None:
+            memory_kv = tuple(part.index_select(0, groups) for part in memory_kv)
         return (*memory_kv, *(part.index_select(0, rows) for part in self_kv))
 
     def _split(self, cache: State) -> tuple[State, State]:
@@ -429,8 +449,12 @@ class SATRN(AttentionRecognizer):
 
     def init_state(self, memory: torch.Tensor) -> State:
         """The decoder's key/value cache for this memory (:meth:`TransformerDecoderHead.init_cache`)."""
+        return self.init_beam_state(memory, 1)
+
+    def init_beam_state(self, memory: torch.Tensor, beams: int) -> State:
+        """The cache of ``beams`` rows per image, each image's memory keys/values stored once."""
         flat = memory.flatten(2).transpose(1, 2)  # [b, d, h, w] -> [b, h*w, d]
-        return self.prediction.init_cache(flat)
+        return self.prediction.init_cache(flat, beams)
 
     def step(self, state: State, tokens: torch.Tensor) -> tuple[torch.Tensor, State]:
         """Feed ``tokens [b]``; returns the next token's logits and the cache with this position added.
@@ -440,9 +464,10 @@ class SATRN(AttentionRecognizer):
         """
         return self.prediction.step(state, tokens)
 
-    def reorder_state(self, state: State, rows: torch.Tensor) -> State:
-        """The beams ``rows``, the image's memory keys/values shared (:meth:`TransformerDecoderHead.reorder_cache`)."""
-        return self.prediction.reorder_cache(state, rows)
+    def reorder_state(self, state: State, rows: torch.Tensor, groups: torch.Tensor | None = None) -> State:
+        """The beams ``rows``, each image's memory keys/values shared by its beams and selected by ``groups``
+        (:meth:`TransformerDecoderHead.reorder_cache`)."""
+        return self.prediction.reorder_cache(state, rows, groups)
 
     def load_deeper(self, state: Mapping[str, torch.Tensor]) -> list[str]:
         """Load the weights of a SATRN like this one but with fewer encoder or decoder layers.

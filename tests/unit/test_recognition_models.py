@@ -162,7 +162,9 @@ def test_stepwise_decoding_matches_teacher_forcing(arch: str) -> None:
 class _PrefixRedecodingSATRN(SATRN):
     """SATRN decoding as it did before its key/value cache: the whole prefix again at every step."""
 
-    reorder_state = AttentionRecognizer.reorder_state  # every part of the state per beam
+    # Every part of the state per beam (the memory copied for each).
+    init_beam_state = AttentionRecognizer.init_beam_state
+    reorder_state = AttentionRecognizer.reorder_state
 
     def init_state(self, memory: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = memory.flatten(2).transpose(1, 2)
@@ -192,6 +194,47 @@ def test_satrn_cached_beam_search_matches_redecoding_the_prefix() -> None:
     assert all(len(h.ids) > 10 for h in cached)
     for a, b in zip(cached, redecoded, strict=True):
         assert a.score == pytest.approx(b.score, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ATTENTION_ARCHS)
+def test_beam_search_over_a_batch_equals_each_image_alone(arch: str) -> None:
+    """Images decoded together (beams of all in one decoder step, images leaving as they end) read
+    exactly as each alone; SATRN's memory keys/values stay one copy per image while others leave."""
+    torch.manual_seed(1)
+    model = build_recognizer(arch, NUM_CLASSES, **TINY[arch])
+    images = torch.randn(5, 3, 32, 96)
+    tokenizer = AttentionTokenizer()
+    # A few steps towards texts of other lengths, so that the images' searches end at other steps.
+    targets, _ = tokenizer.encode(["7", "Cash", "GST 6%", "TOTAL 12.50", "ab"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = attention_loss(model(images, targets), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    steps: list[int] = []
+    step = model.step
+
+    def counting_step(state: Any, tokens: torch.Tensor) -> Any:
+        steps.append(tokens.shape[0])
+        return step(state, tokens)
+
+    with torch.no_grad():
+        alone = [
+            attention_beam_search(
+                model, images[i : i + 1], tokenizer, beam_width=3, max_len=16, max_repeat=3
+            )[0]
+            for i in range(images.shape[0])
+        ]
+        model.step = counting_step  # type: ignore[method-assign]
+        together = attention_beam_search(model, images, tokenizer, beam_width=3, max_len=16, max_repeat=3)
+    assert [h.ids for h in together] == [h.ids for h in alone]
+    assert len({len(h.ids) for h in together}) >= 3, "the images should end at different steps"
+    assert steps[0] == 15 and steps[-1] < 15, steps  # 3 rows per image; ended images leave the batch
+    for a, b in zip(together, alone, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-4)
+        assert a.char_scores == pytest.approx(b.char_scores, rel=1e-4)
 
 
 def test_aster_rectifier_starts_as_identity_and_resizes() -> None:
