@@ -437,8 +437,8 @@ def attention_beam_search(
     finished hypothesis with the best mean log-probability per token wins (live ones only when none
     finished). With ``beam_width=1`` this is greedy decoding.
 
-    The images' searches are independent (each gives what it gives alone), but their beams go through
-    the decoder together: ``beam_width`` rows per image (rows no beam holds are padding with a score of
+    The images' searches are independent (each reads as it would alone, up to the order of exactly tied
+    candidates, which ``topk`` does not fix), but their beams go through the decoder together: ``beam_width`` rows per image (rows no beam holds are padding with a score of
     -inf), and an image leaves the batch when its search ends, so a step costs what the images still
     decoding need. One decoder step for 32 rows costs ~3.4x one for 4 on a CPU core, not 8x.
 

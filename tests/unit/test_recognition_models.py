@@ -214,11 +214,17 @@ def test_beam_search_over_a_batch_equals_each_image_alone(arch: str) -> None:
         optimizer.step()
     model.eval()
     steps: list[int] = []
-    step = model.step
+    kept_groups: list[list[int]] = []
+    step, reorder_state = model.step, model.reorder_state
 
     def counting_step(state: Any, tokens: torch.Tensor) -> Any:
         steps.append(tokens.shape[0])
         return step(state, tokens)
+
+    def recording_reorder_state(state: Any, rows: torch.Tensor, groups: torch.Tensor | None = None) -> Any:
+        if groups is not None:
+            kept_groups.append(groups.tolist())
+        return reorder_state(state, rows, groups)
 
     with torch.no_grad():
         alone = [
@@ -228,10 +234,13 @@ def test_beam_search_over_a_batch_equals_each_image_alone(arch: str) -> None:
             for i in range(images.shape[0])
         ]
         model.step = counting_step  # type: ignore[method-assign]
+        model.reorder_state = recording_reorder_state  # type: ignore[method-assign]
         together = attention_beam_search(model, images, tokenizer, beam_width=3, max_len=16, max_repeat=3)
     assert [h.ids for h in together] == [h.ids for h in alone]
     assert len({len(h.ids) for h in together}) >= 3, "the images should end at different steps"
     assert steps[0] == 15 and steps[-1] < 15, steps  # 3 rows per image; ended images leave the batch
+    # An image before others left (the memories kept are not simply the first ones).
+    assert any(kept != list(range(len(kept))) for kept in kept_groups), kept_groups
     for a, b in zip(together, alone, strict=True):
         assert a.score == pytest.approx(b.score, rel=1e-4)
         assert a.char_scores == pytest.approx(b.char_scores, rel=1e-4)
