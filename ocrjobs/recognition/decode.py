@@ -438,9 +438,9 @@ def attention_beam_search(
     finished). With ``beam_width=1`` this is greedy decoding.
 
     The images' searches are independent (each reads as it would alone, up to the order of exactly tied
-    candidates, which ``topk`` does not fix), but their beams go through the decoder together: ``beam_width`` rows per image (rows no beam holds are padding with a score of
-    -inf), and an image leaves the batch when its search ends, so a step costs what the images still
-    decoding need. One decoder step for 32 rows costs ~3.4x one for 4 on a CPU core, not 8x.
+    candidates, which ``topk`` does not fix), but their beams go through the decoder together:
+    ``beam_width`` rows per image (rows no beam holds are padding with a score of -inf), and an image
+    leaves the batch when its search ends, so a step costs what the images still decoding need. One decoder step for 32 rows costs ~3.4x one for 4 on a CPU core, not 8x.
 
     ``max_repeat`` forbids a beam to write any token more than that many times in a row. An attention
     decoder that loses its place in a wide blank (``\\hspace``, ``\\qquad``) can repeat a space token
@@ -478,14 +478,20 @@ def attention_beam_search(
         logits, state = model.step(state, tokens)
         log_probs = logits.float().log_softmax(dim=-1).view(len(active), k, -1)  # [images, k, C]
         num_classes = log_probs.shape[2]
-        scores = torch.full((len(active), k), -math.inf)
-        for g, image in enumerate(active):
-            for r, beam in enumerate(live[image]):
-                scores[g, r] = beam.log_prob
-                tail = beam.ids[-max_repeat:] if max_repeat is not None else []
-                if max_repeat is not None and len(tail) == max_repeat and len(set(tail)) == 1:
-                    log_probs[g, r, tail[0]] = -math.inf
-        totals = (log_probs + scores.to(device)[:, :, None]).view(len(active), k * num_classes)
+        if max_repeat is not None:
+            for g, image in enumerate(active):
+                for r, beam in enumerate(live[image]):
+                    tail = beam.ids[-max_repeat:]
+                    if len(tail) == max_repeat and len(set(tail)) == 1:
+                        log_probs[g, r, tail[0]] = -math.inf
+        scores = torch.tensor(
+            [
+                [beam.log_prob for beam in live[image]] + [-math.inf] * (k - len(live[image]))
+                for image in active
+            ],
+            device=device,
+        )
+        totals = (log_probs + scores[:, :, None]).view(len(active), k * num_classes)
         top = totals.topk(min(k, totals.shape[1]), dim=1)
         top_values, top_indices = top.values.tolist(), top.indices.tolist()
         kept: list[int] = []  # groups (indices into active) still searching after this step
