@@ -3,11 +3,13 @@
 The data are the formulas a formula training config holds out for validation (``holdout_every: 10`` of
 ``configs/train_satrn_latex.yaml``: every 10th im2latex train image by name), never the validate split
 that results are reported on. Each setting reads them all with the folder's predictor and the settings
-given, and prints the formula metrics (exact match, formula WER, BLEU-4, formula score) and the time.
+given, and prints the formula metrics (exact match, formula WER, BLEU-4, formula score), the share of
+outputs LaTeX compiles (where ``latex`` and ``dvipng`` are installed; ``-`` otherwise) and the time.
 
     python benchmarks/formula_decoding.py --model models/satrn_latex --max-repeat none,3,4,5,6
     python benchmarks/formula_decoding.py --model models/satrn64_latex --beam-width 1,4,8
     python benchmarks/formula_decoding.py --model models/satrn_latex --width 480,640,800
+    python benchmarks/formula_decoding.py --model models/satrn_latex --syntax none,repair
 
 Put the chosen value in the folder's ``config.yaml`` (``postprocess``), add a version suffix (bulk
 output shards read with other settings are then never mixed on resume), and report validate with
@@ -39,10 +41,12 @@ def main() -> None:
     group.add_argument("--max-repeat", help="comma-separated values; none: no limit")
     group.add_argument("--beam-width", help="comma-separated beam widths (1: greedy)")
     group.add_argument("--width", help="comma-separated widest inputs (preprocess width; wider are squeezed)")
+    group.add_argument("--syntax", help="comma-separated output syntax settings (none, repair)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
 
     from ocrjobs.data.formats import read_im2latex
+    from ocrjobs.data.formulas import RenderError, latex_available, render_latex_batch
     from ocrjobs.images import read_image
     from ocrjobs.metrics import latex_metrics
     from ocrjobs.recognition.predictor import RecognitionPredictor
@@ -59,23 +63,29 @@ def main() -> None:
         settings = [{"max_repeat": v} for v in _values(args.max_repeat, int)]
     elif args.width is not None:
         settings = [{"width": v} for v in _values(args.width, int)]
+    elif args.syntax is not None:
+        settings = [{"syntax": v} for v in _values(args.syntax, str)]
     else:
         settings = [
             {"decoder": "greedy"} if v == 1 else {"decoder": "beam", "beam_width": v}
             for v in _values(args.beam_width, int)
         ]
     print(f"{args.model}: {len(held_out)} held-out im2latex train formulas (1 in {args.holdout_every})")
-    print(f"{'setting':<28} {'exact':>6} {'WER':>6} {'BLEU-4':>7} {'score':>7} {'s':>6}")
+    print(f"{'setting':<28} {'exact':>6} {'WER':>6} {'BLEU-4':>7} {'score':>7} {'compiles':>8} {'s':>6}")
     for overrides in settings:
         predictor = RecognitionPredictor.from_model_dir(args.model, **overrides)
         start = time.perf_counter()
         texts = [r.text for r in predictor(crops)]
         seconds = time.perf_counter() - start
         m = latex_metrics(texts, refs)
+        compiles = "-"
+        if latex_available():  # after the timing: rendering is not part of reading
+            inks = render_latex_batch(texts, 100)
+            compiles = f"{sum(not isinstance(ink, RenderError) for ink in inks) / len(inks):.3f}"
         shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
         print(
             f"{shown:<28} {m['sentence_accuracy']:>6.3f} {m['formula_wer']:>6.3f} {m['bleu4']:>7.3f} "
-            f"{m['formula_score']:>7.4f} {seconds:>6.0f}",
+            f"{m['formula_score']:>7.4f} {compiles:>8} {seconds:>6.0f}",
             flush=True,
         )
 

@@ -50,6 +50,7 @@ from ocrjobs.recognition.decode import (
     ctc_log_likelihood,
 )
 from ocrjobs.recognition.latex import LatexTokenizer
+from ocrjobs.recognition.latex_syntax import LatexSyntax
 from ocrjobs.recognition.lm import LM_FILE, CharNgramLM
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, arch_kwargs, build_recognizer
 from ocrjobs.recognition.tokenizer import Tokenizer
@@ -71,6 +72,9 @@ __all__ = [
     "to_batch",
 ]
 
+SYNTAX_MODES = ("repair",)
+"""The predictor's ``syntax`` settings for formula models (see ``RecognitionPredictor``)."""
+
 MIN_ASPECT = 0.75
 # CTC batches are padded to a multiple of this width: few distinct shapes, and always a multiple of
 # the 4 px a CTC frame covers.
@@ -82,6 +86,7 @@ _POSTPROCESS_KEYS = frozenset(
         "beam_width",
         "max_len",
         "max_repeat",
+        "syntax",
         "lm",
         "lm_weight",
         "length_bonus",
@@ -221,6 +226,9 @@ class RecognitionPredictor:
         max_len: attention models: most decoding steps (EOS included).
         max_repeat: attention models: no token is written more than this many times in a row
             (``attention_beam_search``; greedy decoding then runs as a beam of one); ``None``: no limit.
+        syntax: formula models: ``"repair"`` edits each hypothesis into a formula that passes
+            :class:`~ocrjobs.recognition.latex_syntax.LatexSyntax`'s rules (one LaTeX compiles);
+            ``None``: outputs as the model writes them.
         device: torch device (``"cpu"``, ``"cuda"``, ``"cuda:1"``...); the model is moved there.
         batch_size: crops per forward pass.
         amp: autocast (bfloat16, or float16 on GPUs without bfloat16); decoding runs in float32.
@@ -259,6 +267,7 @@ class RecognitionPredictor:
         beam_width: int = 5,
         max_len: int = 32,
         max_repeat: int | None = None,
+        syntax: str | None = None,
         device: str | torch.device = "cpu",
         batch_size: int = 64,
         amp: bool = False,
@@ -298,6 +307,14 @@ class RecognitionPredictor:
         if max_repeat is not None and (max_repeat < 1 or model.decoding != "attention"):
             raise ValueError(f"max_repeat must be >= 1 and is for attention models, got {max_repeat}")
         self.max_repeat = None if max_repeat is None else int(max_repeat)
+        if syntax not in (None, *SYNTAX_MODES):
+            raise ValueError(f"syntax must be one of {SYNTAX_MODES} or None, got {syntax!r}")
+        if syntax is not None and not isinstance(tokenizer, LatexTokenizer):
+            raise ValueError(f"syntax {syntax!r} is for formula models (a LaTeX token vocabulary)")
+        self.syntax = syntax
+        self._syntax = (
+            LatexSyntax(tokenizer.vocabulary.tokens) if isinstance(tokenizer, LatexTokenizer) else None
+        )
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
         self.mean = tuple(float(m) for m in mean)
@@ -485,6 +502,8 @@ class RecognitionPredictor:
                     )
                 else:
                     hyps = attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
+                if self.syntax == "repair" and self._syntax is not None:
+                    hyps = [_repaired(hyp, self._syntax, self.tokenizer) for hyp in hyps]
                 return hyps, 0
             logits = self._logits(batch)
             if self.decoder == "beam":
@@ -582,6 +601,7 @@ class RecognitionPredictor:
                 "beam_width": self.beam_width,
                 "max_len": self.max_len,
                 **({"max_repeat": self.max_repeat} if self.max_repeat is not None else {}),
+                **({"syntax": self.syntax} if self.syntax is not None else {}),
                 **(
                     {"lm": LM_FILE, "lm_weight": self.lm_weight, "length_bonus": self.length_bonus}
                     if self.lm is not None
@@ -654,3 +674,13 @@ def check_model_kind(predictor: RecognitionPredictor, formula: bool, where: str)
         held = "a formula model (LaTeX tokens)" if predictor.is_formula else "a text-line model (characters)"
         wanted = "formulas" if formula else "text lines"
         raise ConfigError(f"{where} holds {held}; it cannot be used to read {wanted}")
+
+
+def _repaired(hyp: Hypothesis, syntax: LatexSyntax, tokenizer: Tokenizer) -> Hypothesis:
+    """``hyp`` edited by :meth:`LatexSyntax.repair`; an inserted token gets the formula's score."""
+    edited = syntax.repair(hyp.ids)
+    if [token for token, _ in edited] == hyp.ids:
+        return hyp
+    ids = [token for token, _ in edited]
+    scores = [hyp.char_scores[source] if source >= 0 else hyp.score for _, source in edited]
+    return Hypothesis(ids, tokenizer.decode(ids), scores, hyp.score)

@@ -81,6 +81,7 @@ def line_predictor(task: Any, model: nn.Module, tokenizer: Tokenizer) -> Recogni
         beam_width=int(settings["beam_width"]),
         max_len=task.max_len,
         max_repeat=settings.get("max_repeat"),
+        syntax=settings.get("syntax"),
     )
 
 
@@ -90,7 +91,7 @@ class RecognitionTask:
     Args:
         cfg: the run's config; ``model.charset`` is the vocabulary, ``model.preprocess`` may set
             ``height`` (32), ``width`` (256), ``mean`` and ``std`` (0.5); ``model.postprocess`` may set
-            ``decoder``, ``beam_width`` and ``max_len`` for the exported predictor (validation decodes
+            ``decoder``, ``beam_width``, ``max_len``, ``max_repeat`` and ``syntax`` for the exported predictor (validation decodes
             greedily, attention models up to ``max_len`` steps).
     """
 
