@@ -155,9 +155,11 @@ _DELIMITERS = frozenset(
 # Most columns of environments without a column specification (amsmath: cases has two, matrix
 # MaxMatrixCols = 10); array counts the columns of its specification.
 _COLUMNS = {"cases": 2, "matrix": 10, "pmatrix": 10, "bmatrix": 10, "vmatrix": 10, "Vmatrix": 10}
-_SPEC_TOKENS = frozenset({*"clrpmb|@*.0123456789"})
-_SPEC_COLUMNS = frozenset("clrpmb")
-_SPEC_ARGUMENTS = frozenset("pmb@")  # letters of a column specification that take a {...} argument
+# LaTeX's own array preamble (without the array package: no m{} or b{} columns); digits and the like only
+# inside the braces p{...}, @{...} and *{n}{...} take.
+_SPEC_TOKENS = frozenset("clrp|@*")
+_SPEC_COLUMNS = frozenset("clrp")
+_SPEC_ARGUMENTS = frozenset("p@")  # letters of a column specification that take a {...} argument
 
 # Token classes.
 _PLAIN, _OPEN, _CLOSE, _SUB, _SUP, _LEFT, _RIGHT, _BEGIN, _END, _TAB, _NEWLINE, _EOS = range(12)

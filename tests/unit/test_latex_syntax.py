@@ -39,6 +39,8 @@ BROKEN = {
     "\\begin{array} { c } a & b \\end{array}": "Extra alignment tab",
     "\\begin{array} { Q ^ { \\theta } } a \\end{array}": "Illegal character in array arg",
     "\\begin{array} { } a \\end{array}": "Missing # inserted in alignment preamble",
+    "\\begin{array} { 0 c } a \\end{array}": "Illegal character in array arg",
+    "\\begin{array} { m { } } a \\end{array}": "Illegal character in array arg",
     "\\begin{array} { c } a \\end{matrix}": "unbalanced environments",
 }
 # Valid LaTeX the rules must not refuse (doubtful cases are allowed).
