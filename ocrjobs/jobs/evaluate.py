@@ -81,6 +81,9 @@ class EvalConfig(StrictModel):
         limit: score only the first N images (sorted by name).
         holdout_every: score only every N-th image sorted by name: the held-out dev part that a
             training source with the same ``holdout_every`` leaves out (e.g. 8 for FUNSD forms).
+        render: ``latex`` only: also draw every output and reference with LaTeX and report the share
+            that compiles and the rendered exact match (:mod:`ocrjobs.metrics.rendered`; needs
+            ``latex`` and ``dvipng``).
         json_out: where to write the metrics JSON (its resolved config is written beside it).
         device: ``cpu`` or ``cuda``.
         backend: ``auto``, ``torch`` or ``onnxruntime`` for the models (:mod:`ocrjobs.backends`).
@@ -97,6 +100,7 @@ class EvalConfig(StrictModel):
     weights: list[float] | None = None
     limit: int | None = Field(default=None, ge=1)
     holdout_every: int | None = Field(default=None, ge=2)
+    render: bool = False
     json_out: str | None = None
     device: str = "cpu"
     backend: Literal["auto", "torch", "onnxruntime", "onnxruntime-int8"] = "auto"
@@ -128,6 +132,8 @@ class EvalConfig(StrictModel):
             )
         if isinstance(self.model, list) and self.task not in ("recognition", "latex"):
             raise ValueError(f"task {self.task} scores one model; several only for recognition and latex")
+        if self.render and self.task != "latex":
+            raise ValueError(f"'render' draws formulas: task latex only, not {self.task}")
         if self.task == "e2e" and self.model is not None and self.rec_model is None:
             raise ValueError("task e2e with a model needs 'rec_model' (the recognizer) too")
         if self.weights is not None:
@@ -171,6 +177,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="score only the held-out part: every N-th image sorted by name (a training source's holdout_every)",
     )
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        default=None,
+        help="latex: also draw outputs and references with LaTeX (share that compiles, rendered exact match)",
+    )
     parser.add_argument("--json", dest="json_out", help="write the metrics JSON here")
     parser.add_argument("--device", help="cpu or cuda")
     parser.add_argument(
@@ -198,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         "weights",
         "limit",
         "holdout_every",
+        "render",
         "json_out",
         "device",
         "backend",
@@ -377,21 +390,26 @@ def _speed(seconds: float, n: int) -> dict[str, float]:
 
 
 def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
-    from ocrjobs.metrics import latex_metrics, text_metrics
+    from ocrjobs.metrics import latex_metrics, rendered_latex_metrics, text_metrics
     from ocrjobs.recognition.ensemble import run_ensemble
 
     samples = list(_text_samples(records, config))
     if not samples:
         raise ValueError(f"{config.data}: no text samples to score")
     refs = [ref for _, ref, _, _ in samples]
-    scorer: Callable[[Sequence[str], Sequence[str]], dict[str, float]] = (
+    base: Callable[[Sequence[str], Sequence[str]], dict[str, float]] = (
         latex_metrics if config.task == "latex" else text_metrics
     )
+
+    def scorer(preds: Sequence[str], refs: Sequence[str]) -> dict[str, float]:
+        return {**base(preds, refs), **(rendered_latex_metrics(preds, refs) if config.render else {})}
+
     if config.predictions:
         start = time.perf_counter()
         saved = _read_jsonl(config.predictions, config.storage, key="id")
         preds = [str(saved.get(sid, {}).get("text", "")) for sid, _, _, _ in samples]
-        return {**scorer(preds, refs), **_speed(time.perf_counter() - start, len(samples))}
+        speed = _speed(time.perf_counter() - start, len(samples))
+        return {**scorer(preds, refs), **speed}
     members = [
         _TimedMember(m)
         for m in _load_members(config.models, config.device, config.task, config.backend, config.weights)
@@ -401,10 +419,8 @@ def _eval_text(config: EvalConfig, records: list[Record]) -> dict[str, Any]:
     read_seconds = time.perf_counter() - start
     # Serve's and the bulk job's ensemble; a single member only proposes (its predictor's own reading).
     results = run_ensemble(members, crops)
-    metrics: dict[str, Any] = {
-        **scorer([r.text for r in results], refs),
-        **_speed(time.perf_counter() - start, len(samples)),
-    }
+    speed = _speed(time.perf_counter() - start, len(samples))  # before any rendering (--render)
+    metrics: dict[str, Any] = {**scorer([r.text for r in results], refs), **speed}
     if len(members) > 1:
         metrics["members"] = {
             member.name: {

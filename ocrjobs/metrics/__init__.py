@@ -3,11 +3,12 @@
 
 Each submodule documents its definitions and every interpretation it makes:
 :mod:`~ocrjobs.metrics.text`, :mod:`~ocrjobs.metrics.detection`, :mod:`~ocrjobs.metrics.cleval`,
-:mod:`~ocrjobs.metrics.summary`.
+:mod:`~ocrjobs.metrics.summary`, and formulas as drawn by LaTeX: :mod:`~ocrjobs.metrics.rendered`.
 """
 
 from ocrjobs.metrics.cleval import CLEvalCounts, aggregate_cleval, cleval_image, pseudo_character_centers
 from ocrjobs.metrics.detection import DetectionCounts, aggregate_detection, iou_detection
+from ocrjobs.metrics.rendered import rendered_latex_metrics
 from ocrjobs.metrics.summary import Prediction, evaluate_detection, evaluate_end_to_end
 from ocrjobs.metrics.text import (
     bleu4,
@@ -41,6 +42,7 @@ __all__ = [
     "iou_detection",
     "latex_metrics",
     "pseudo_character_centers",
+    "rendered_latex_metrics",
     "sentence_accuracy",
     "text_metrics",
     "token_edit_distance",

@@ -12,6 +12,7 @@ import pytest
 
 from ocrjobs import storage
 from ocrjobs.data.formats import read_im2latex, read_sroie
+from ocrjobs.data.formulas import latex_available
 from tests.conftest import S3Server
 
 PLANTED = "planted-SECRET-do-not-print-7f3a"
@@ -137,6 +138,32 @@ def test_eval_latex_predictions(shared_data: Path, tmp_path: Path) -> None:
     first_len = len(records[0].text.split())
     assert result["formula_wer"] == pytest.approx((1 / first_len) / n)
     assert result["formula_score"] == pytest.approx(0.9 * (n - 1) / n + 0.1 * (1 - (1 / first_len) / n))
+
+
+@pytest.mark.skipif(not latex_available(), reason="latex and dvipng are not installed")
+def test_eval_latex_render_reports_what_compiles_and_draws_alike(tmp_path: Path) -> None:
+    import numpy as np
+
+    from ocrjobs.images import encode_png
+
+    ref = "\\frac { a } { b } + x ^ { 2 }"
+    texts = [ref, "{ \\frac { a } { b } } + x ^ 2", "\\frac { a } { b } + x ^ { 3 }", ref + " \\right)"]
+    root = tmp_path / "im2latex"
+    (root / "images").mkdir(parents=True)
+    for i in range(len(texts)):
+        (root / "images" / f"f{i}.png").write_bytes(encode_png(np.full((32, 96, 3), 255, np.uint8)))
+    (root / "formulas.norm.lst").write_text("\n".join([ref] * len(texts)) + "\n")
+    (root / "validate.lst").write_text("".join(f"f{i}.png {i}\n" for i in range(len(texts))))
+    preds = tmp_path / "latex.jsonl"
+    preds.write_text("\n".join(json.dumps({"id": f"f{i}.png", "text": t}) for i, t in enumerate(texts)))
+    out = tmp_path / "latex.json"
+    args = ["eval", "latex", "--data", str(root), "--format", "im2latex", "--split", "validate"]
+    proc = _run_cli([*args, "--predictions", str(preds), "--render", "--json", str(out)], {})
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    # Same tokens, same drawing, another drawing, refused by LaTeX.
+    assert result["sentence_accuracy"] == 0.25
+    assert (result["compiles"], result["rendered_exact_match"]) == (0.75, 0.5)
 
 
 def test_eval_recognition_line_crops(tmp_path: Path) -> None:
