@@ -4,7 +4,8 @@ The data are the formulas a formula training config holds out for validation (``
 ``configs/train_satrn_latex.yaml``: every 10th im2latex train image by name), never the validate split
 that results are reported on. Each setting reads them all with the folder's predictor and the settings
 given, and prints the formula metrics (exact match, formula WER, BLEU-4, formula score), the share of
-outputs LaTeX compiles (where ``latex`` and ``dvipng`` are installed; ``-`` otherwise) and the time.
+outputs LaTeX compiles and the rendered exact match (``ocrjobs.metrics.rendered``, where ``latex`` and
+``dvipng`` are installed; ``-`` otherwise) and the time.
 
     python benchmarks/formula_decoding.py --model models/satrn_latex --max-repeat none,3,4,5,6
     python benchmarks/formula_decoding.py --model models/satrn64_latex --beam-width 1,4,8
@@ -46,9 +47,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from ocrjobs.data.formats import read_im2latex
-    from ocrjobs.data.formulas import RenderError, latex_available, render_latex_batch
+    from ocrjobs.data.formulas import latex_available
     from ocrjobs.images import read_image
-    from ocrjobs.metrics import latex_metrics
+    from ocrjobs.metrics import latex_metrics, rendered_latex_metrics
     from ocrjobs.recognition.predictor import RecognitionPredictor
     from ocrjobs.training.config import DataSource
 
@@ -71,21 +72,23 @@ def main() -> None:
             for v in _values(args.beam_width, int)
         ]
     print(f"{args.model}: {len(held_out)} held-out im2latex train formulas (1 in {args.holdout_every})")
-    print(f"{'setting':<28} {'exact':>6} {'WER':>6} {'BLEU-4':>7} {'score':>7} {'compiles':>8} {'s':>6}")
+    print(
+        f"{'setting':<28} {'exact':>6} {'WER':>6} {'BLEU-4':>7} {'score':>7} {'compiles':>8} {'drawn':>6} {'s':>6}"
+    )
     for overrides in settings:
         predictor = RecognitionPredictor.from_model_dir(args.model, **overrides)
         start = time.perf_counter()
         texts = [r.text for r in predictor(crops)]
         seconds = time.perf_counter() - start
         m = latex_metrics(texts, refs)
-        compiles = "-"
+        compiles, drawn = "-", "-"
         if latex_available():  # after the timing: rendering is not part of reading
-            inks = render_latex_batch(texts, 100)
-            compiles = f"{sum(not isinstance(ink, RenderError) for ink in inks) / len(inks):.3f}"
+            rendered = rendered_latex_metrics(texts, refs)
+            compiles, drawn = f"{rendered['compiles']:.3f}", f"{rendered['rendered_exact_match']:.3f}"
         shown = ", ".join(f"{k}={v}" for k, v in overrides.items())
         print(
             f"{shown:<28} {m['sentence_accuracy']:>6.3f} {m['formula_wer']:>6.3f} {m['bleu4']:>7.3f} "
-            f"{m['formula_score']:>7.4f} {compiles:>8} {seconds:>6.0f}",
+            f"{m['formula_score']:>7.4f} {compiles:>8} {drawn:>6} {seconds:>6.0f}",
             flush=True,
         )
 

@@ -576,8 +576,8 @@ _INFIX = {"\\atop": ("", "", "0"), "\\over": ("", "", ""), "\\choose": ("(", ")"
 
 
 # Commands and how many arguments they take: mathtext needs every argument braced, LaTeX (and so
-# im2latex) also accepts a single token (``\frac 1 2``, ``\mathcal L``).
-_ARITY = {
+# im2latex) also accepts a single token (``\frac 1 2``, ``\mathcal L``). LatexSyntax extends it.
+ARGUMENT_COUNTS = {
     **dict.fromkeys(("\\frac", "\\binom", "\\overset", "\\underset", "\\dfrac", "\\tfrac"), 2),
     **dict.fromkeys(
         (
@@ -629,7 +629,7 @@ def _brace_arguments(tokens: list[str]) -> list[str]:
     out = list(tokens)
     k = 0
     while k < len(out):
-        arity = _ARITY.get(out[k], 0)
+        arity = ARGUMENT_COUNTS.get(out[k], 0)
         position = k + 1
         if out[k] == "\\sqrt" and position < len(out) and out[position] == "[":
             position = _group_end(out, position, "[", "]")

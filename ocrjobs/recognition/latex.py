@@ -94,6 +94,8 @@ _DELIMITER_COMMANDS = frozenset(
         "\\backslash",
     }
 )
+DELIMITERS = _DELIMITER_CHARS | _DELIMITER_COMMANDS
+"""Every delimiter the normaliser glues to ``\\left`` / ``\\right`` (``\\left`` + one of them is one token)."""
 # Commands whose starred form is one token in im2latex (``\operatorname*``).
 _STARRED = frozenset({"\\operatorname"})
 _ENVIRONMENT = re.compile(r"\s*\{\s*([A-Za-z]+\*?)\s*\}")

@@ -42,48 +42,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ocrjobs.data.formulas import ARGUMENT_COUNTS
+from ocrjobs.recognition.latex import DELIMITERS
+
 __all__ = ["LatexSyntax"]
 
-# Commands that take mandatory arguments, by count (im2latex vocabulary; others take none here).
+# Commands that take mandatory arguments, by count: the table the mathtext conversion braces arguments
+# by, and commands mathtext cannot draw (others take none here).
 _ARGUMENTS: dict[str, int] = {
-    "\\frac": 2,
-    "\\dfrac": 2,
-    "\\tfrac": 2,
-    "\\binom": 2,
+    **ARGUMENT_COUNTS,
     "\\stackrel": 2,
-    "\\overset": 2,
-    "\\underset": 2,
     **dict.fromkeys(
         (
-            "\\sqrt",
-            "\\bar",
-            "\\hat",
-            "\\tilde",
-            "\\vec",
-            "\\dot",
-            "\\ddot",
-            "\\breve",
-            "\\check",
-            "\\acute",
-            "\\grave",
-            "\\overline",
-            "\\underline",
-            "\\widetilde",
-            "\\widehat",
-            "\\overrightarrow",
-            "\\overleftarrow",
             "\\overbrace",
             "\\underbrace",
-            "\\mathrm",
-            "\\mathbf",
-            "\\mathcal",
-            "\\mathit",
-            "\\mathsf",
-            "\\mathtt",
-            "\\mathbb",
-            "\\mathfrak",
             "\\boldsymbol",
-            "\\operatorname",
             "\\operatorname*",
             "\\mathop",
             "\\textrm",
@@ -127,33 +100,6 @@ _NOT_BARE = frozenset(
 # Size commands: the next token must be a delimiter (``\\big (``, ``\\Bigr \\}``).
 _SIZES = frozenset(
     f"\\{size}{side}" for size in ("big", "Big", "bigg", "Bigg") for side in ("", "l", "r", "m")
-)
-# The delimiters \left and \right are glued to (``\left(``, ``\right\rangle``, ``\right.``).
-_DELIMITERS = frozenset(
-    {
-        *"()[].|/<>",
-        "\\{",
-        "\\}",
-        "\\|",
-        "\\langle",
-        "\\rangle",
-        "\\vert",
-        "\\Vert",
-        "\\lbrace",
-        "\\rbrace",
-        "\\lbrack",
-        "\\rbrack",
-        "\\lfloor",
-        "\\rfloor",
-        "\\lceil",
-        "\\rceil",
-        "\\uparrow",
-        "\\downarrow",
-        "\\updownarrow",
-        "\\Uparrow",
-        "\\Downarrow",
-        "\\backslash",
-    }
 )
 # Most columns of environments without a column specification (amsmath: cases has two, matrix
 # MaxMatrixCols = 10); array counts the columns of its specification.
@@ -231,7 +177,7 @@ class LatexSyntax:
         )
         self._spec = frozenset(i for i, t in enumerate(self.token_of) if t in _SPEC_TOKENS)
         self._delimiters = frozenset(
-            i for i, t in enumerate(self.token_of) if t in _DELIMITERS and self._classes[i] == _PLAIN
+            i for i, t in enumerate(self.token_of) if t in DELIMITERS and self._classes[i] == _PLAIN
         )
         self._open, self._close = self.token_id.get("{"), self.token_id.get("}")
 
@@ -249,9 +195,9 @@ class LatexSyntax:
             return _PRIME
         if token in _SIZES:
             return _SIZE
-        if token.startswith("\\left") and token[5:] in _DELIMITERS:
+        if token.startswith("\\left") and token[5:] in DELIMITERS:
             return _LEFT
-        if token.startswith("\\right") and token[6:] in _DELIMITERS:
+        if token.startswith("\\right") and token[6:] in DELIMITERS:
             return _RIGHT
         if token.startswith("\\begin{") and token.endswith("}"):
             return _BEGIN

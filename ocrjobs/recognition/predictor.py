@@ -312,8 +312,11 @@ class RecognitionPredictor:
         if syntax is not None and not isinstance(tokenizer, LatexTokenizer):
             raise ValueError(f"syntax {syntax!r} is for formula models (a LaTeX token vocabulary)")
         self.syntax = syntax
-        self._syntax = (
-            LatexSyntax(tokenizer.vocabulary.tokens) if isinstance(tokenizer, LatexTokenizer) else None
+        # The rules outputs are repaired by (syntax "repair" on a formula model).
+        self._repair = (
+            LatexSyntax(tokenizer.vocabulary.tokens)
+            if isinstance(tokenizer, LatexTokenizer) and syntax
+            else None
         )
         self.batch_size = int(batch_size)
         self.amp = bool(amp)
@@ -502,8 +505,8 @@ class RecognitionPredictor:
                     )
                 else:
                     hyps = attention_greedy_decode(self.model.generate(batch, self.max_len), self.tokenizer)
-                if self.syntax == "repair" and self._syntax is not None:
-                    hyps = [_repaired(hyp, self._syntax, self.tokenizer) for hyp in hyps]
+                if self._repair is not None:
+                    hyps = [_repaired(hyp, self._repair, self.tokenizer) for hyp in hyps]
                 return hyps, 0
             logits = self._logits(batch)
             if self.decoder == "beam":
@@ -679,8 +682,8 @@ def check_model_kind(predictor: RecognitionPredictor, formula: bool, where: str)
 def _repaired(hyp: Hypothesis, syntax: LatexSyntax, tokenizer: Tokenizer) -> Hypothesis:
     """``hyp`` edited by :meth:`LatexSyntax.repair`; an inserted token gets the formula's score."""
     edited = syntax.repair(hyp.ids)
-    if [token for token, _ in edited] == hyp.ids:
-        return hyp
     ids = [token for token, _ in edited]
+    if ids == hyp.ids:
+        return hyp
     scores = [hyp.char_scores[source] if source >= 0 else hyp.score for _, source in edited]
     return Hypothesis(ids, tokenizer.decode(ids), scores, hyp.score)
