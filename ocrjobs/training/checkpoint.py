@@ -7,6 +7,12 @@ A checkpoint is a folder ``storage_path/<run>/epoch_NNNN/`` (Ray Train uploads i
 * ``config.yaml`` — the resolved :class:`~ocrjobs.training.config.TrainConfig` of the run.
 * ``meta.json`` — epoch, step and the metrics reported with it (read without torch).
 
+A run with ``checkpoint.every_minutes`` also keeps a **resume point**, ``storage_path/<run>/resume.pt``: the
+same state written by rank 0 every few minutes inside an epoch, plus where in the epoch it was
+(``in_epoch``). One object, replaced whole (an atomic rename locally, one PUT on S3), so a crash while it
+is written leaves the previous one. It is not a checkpoint: it is never validated, listed or exported; a
+restarted or re-run run continues from it when it is newer than the last epoch's checkpoint.
+
 These functions need no Ray, so ``ocrjobs export`` runs on any machine that can reach the storage.
 """
 
@@ -33,6 +39,7 @@ __all__ = [
     "COMMAND_FILE",
     "CONFIG_FILE",
     "META_FILE",
+    "RESUME_FILE",
     "STATE_FILE",
     "CheckpointInfo",
     "best_checkpoint",
@@ -42,14 +49,17 @@ __all__ = [
     "load_state",
     "model_weights",
     "read_checkpoint_config",
+    "read_resume_point",
     "resolve_checkpoint",
     "write_checkpoint",
+    "write_resume_point",
 ]
 
 STATE_FILE = "state.pt"
 COMMAND_FILE = "command.txt"  # in the run folder: the command line that started the run
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
+RESUME_FILE = "resume.pt"  # in the run folder: the latest mid-epoch resume point
 
 logger = logging.getLogger(__name__)
 
@@ -252,3 +262,75 @@ def model_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     ema = state.get("ema")
     weights: dict[str, torch.Tensor] = ema["module"] if ema is not None else state["model"]
     return weights
+
+
+def write_resume_point(
+    run_uri: str,
+    state: dict[str, Any],
+    in_epoch: dict[str, Any],
+    config: StorageConfig | None = None,
+) -> None:
+    """Replace the run's resume point with ``state`` (as :func:`write_checkpoint` saves it).
+
+    Args:
+        run_uri: ``storage_path/name``.
+        state: state dicts and counters; ``epoch`` is the last *completed* epoch, ``step`` the steps so far.
+        in_epoch: where in the next epoch it was written: ``epoch`` (the epoch in progress), ``batches``
+            (batches of it trained), ``steps_per_epoch`` and ``world`` (the geometry the count refers to)
+            and ``sums`` (the epoch's summed train losses so far).
+        config: S3 settings.
+    """
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({**state, "in_epoch": in_epoch}, buffer)
+    storage.write_bytes(storage.join(run_uri, RESUME_FILE), buffer.getvalue(), config)
+
+
+def read_resume_point(
+    run_uri: str, completed_epoch: int, steps_per_epoch: int, world: int, config: StorageConfig | None = None
+) -> dict[str, Any] | None:
+    """The run's resume point when it continues the epoch after ``completed_epoch`` with this geometry.
+
+    A point from an epoch already checkpointed is stale; one written with another world size or
+    epoch length counts batches of another split of the data (a re-run with other ``--workers``), so
+    the run goes back to the epoch checkpoint instead. A point that does not load is passed over.
+
+    Args:
+        run_uri: ``storage_path/name``.
+        completed_epoch: the epoch of the checkpoint the run would resume from otherwise (0: none).
+        steps_per_epoch: optimiser steps per epoch on one worker in this attempt.
+        world: workers in this attempt.
+        config: S3 settings.
+
+    Returns:
+        The saved state (with ``in_epoch``), or ``None``.
+    """
+    import torch
+
+    uri = storage.join(run_uri, RESUME_FILE)
+    if not storage.exists(uri, config):
+        return None
+    try:
+        state: dict[str, Any] = torch.load(
+            io.BytesIO(storage.read_bytes(uri, config)), map_location="cpu", weights_only=True
+        )
+        where = state["in_epoch"]
+        epoch, batches = int(where["epoch"]), int(where["batches"])
+    except Exception as exc:  # an unreadable or foreign file: the epoch checkpoint is still there
+        logger.warning("resume point %s does not load (%s); ignored", uri, exc)
+        return None
+    if epoch != completed_epoch + 1 or not 0 < batches < steps_per_epoch:
+        return None
+    if (int(where["steps_per_epoch"]), int(where["world"])) != (steps_per_epoch, world):
+        logger.warning(
+            "resume point %s counts batches of %d steps per epoch on %d workers, this run has %d on %d; "
+            "resuming from the epoch checkpoint instead",
+            uri,
+            int(where["steps_per_epoch"]),
+            int(where["world"]),
+            steps_per_epoch,
+            world,
+        )
+        return None
+    return state

@@ -227,11 +227,15 @@ class CheckpointSettings(StrictModel):
             can resume); ``None`` keeps every epoch's checkpoint.
         metric: reported metric that ranks checkpoints (``val_loss``, ``val_cer``, ``val_hmean``...).
         mode: ``min`` or ``max`` for ``metric``.
+        every_minutes: also write a resume point (``<run>/resume.pt``, rank 0) every this many minutes
+            inside an epoch, so that a run stopped or restarted mid-epoch continues from there instead of
+            the epoch's start (long epochs on CPUs); ``None``: only the epoch checkpoints.
     """
 
     num_to_keep: int | None = Field(default=2, ge=1)
     metric: str = "val_loss"
     mode: Literal["min", "max"] = "min"
+    every_minutes: float | None = Field(default=None, gt=0)
 
 
 class FailureSettings(StrictModel):

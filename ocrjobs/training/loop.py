@@ -24,7 +24,14 @@ from torch import nn
 
 from ocrjobs import storage
 from ocrjobs.registry import read_model_dir
-from ocrjobs.training.checkpoint import STATE_FILE, checkpoint_dir_name, latest_state, write_checkpoint
+from ocrjobs.training.checkpoint import (
+    STATE_FILE,
+    checkpoint_dir_name,
+    latest_state,
+    read_resume_point,
+    write_checkpoint,
+    write_resume_point,
+)
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.optim import ModelEMA, build_optimizer, build_scheduler
 from ocrjobs.training.progress import MetricsLog, format_epoch_line
@@ -207,13 +214,14 @@ class _WorkerState:
         return metrics
 
 
-def _resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
-    """The state to resume from: the newer of Ray's registered checkpoint and the run folder's newest.
+def _resume_state(cfg: TrainConfig, steps_per_epoch: int, world: int) -> dict[str, Any] | None:
+    """The state to resume from: the newest of Ray's registered checkpoint, the run folder's newest
+    checkpoint and the run's mid-epoch resume point (when it continues the epoch after that one).
 
     ``ray.train.get_checkpoint()`` is what the Train controller registered; when a worker dies right
     after a report, the restarted group can get the previous epoch although rank 0 already persisted
     the newer folder (seen as a restart from epoch 1 after a crash in epoch 2). Every rank reads the
-    same folder, so the ranks agree on the epoch.
+    same folder, so the ranks agree on the epoch (and on the resume point's batch).
     """
     import ray.train
 
@@ -230,6 +238,17 @@ def _resume_state(cfg: TrainConfig) -> dict[str, Any] | None:
         print(
             f"[{cfg.name}] resuming from {info.uri} (newer than Ray's registered epoch {epoch})", flush=True
         )
+        epoch = info.epoch
+    if cfg.checkpoint.every_minutes is not None:
+        point = read_resume_point(cfg.run_uri(), epoch, steps_per_epoch, world, cfg.storage)
+        if point is not None:
+            where = point["in_epoch"]
+            print(
+                f"[{cfg.name}] resuming from the resume point in epoch {where['epoch']} after batch "
+                f"{where['batches']} of {steps_per_epoch} (step {point['step']})",
+                flush=True,
+            )
+            state = point
     return state
 
 
@@ -264,7 +283,9 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     seed_everything(cfg.seed)  # the same initial weights on every rank
     raw_model = task.build_model()
     torch.manual_seed(cfg.seed + 1 + rank)  # but different dropout masks and sampling per rank
-    state = _resume_state(cfg)
+    group = cfg.data.group_by_width
+    steps_per_epoch = int(config["train_rows"]) // world // (cfg.batch_size * group) * group
+    state = _resume_state(cfg, steps_per_epoch, world)
     if state is not None:
         raw_model.load_state_dict(state["model"])
     elif cfg.model.init_from:
@@ -272,10 +293,10 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
         if added and rank == 0:
             print(f"[{cfg.name}] {cfg.model.init_from}: added {', '.join(added)} as identities", flush=True)
     model = ray.train.torch.prepare_model(raw_model)  # Ray: move to device, wrap in DDP when world > 1
-    group = cfg.data.group_by_width
-    steps_per_epoch = int(config["train_rows"]) // world // (cfg.batch_size * group) * group
     worker = _WorkerState(task, cfg, model, steps_per_epoch, device)
     start_epoch, step, elapsed_before = 1, 0, 0.0
+    # A mid-epoch resume point: batches of start_epoch already trained, and their summed losses.
+    start_batch, start_sums = 0, {}
     if state is not None:
         worker.load(state)
         start_epoch, step, elapsed_before = (
@@ -283,6 +304,10 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
             int(state["step"]),
             float(state["elapsed_s"]),
         )
+        if state.get("in_epoch"):
+            # rank 0 wrote the sums: they stand in for every rank's first batches in the epoch's mean
+            start_batch = int(state["in_epoch"]["batches"])
+            start_sums = {k: float(v) for k, v in state["in_epoch"]["sums"].items()}
 
     log = MetricsLog(cfg.run_uri(), cfg.storage)
     if rank == 0:
@@ -297,11 +322,17 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     val_shard = ray.train.get_dataset_shard("val") if rank == 0 and "val" in config["splits"] else None
     # Elapsed time counts every attempt of the run, not only this one.
     began = time.monotonic() - elapsed_before
+    every_s = cfg.checkpoint.every_minutes * 60 if cfg.checkpoint.every_minutes is not None else None
+    last_point = time.monotonic()
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         epoch_start = time.monotonic()
-        sums: dict[str, float] = {}
-        batches = 0
+        # Resumed mid-epoch: the stream restarts with the epoch's own shuffle seed and its first
+        # ``skip`` batches (about the ones trained before; Ray Data does not fix the block order) pass by.
+        skip = start_batch if epoch == start_epoch else 0
+        sums: dict[str, float] = dict(start_sums) if skip else {}
+        batches = skip
+        seen = 0
         shuffle_seed = (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
         train_batches: Iterable[Batch] = train_shard.iter_batches(
             batch_size=cfg.batch_size * group,
@@ -314,13 +345,37 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
         if group > 1:
             train_batches = group_by_width(train_batches, cfg.batch_size, np.random.default_rng(shuffle_seed))
         for batch in train_batches:
+            seen += 1
+            if seen <= skip:
+                continue
             for key, value in worker.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             step += 1
             batches += 1
             _maybe_crash(cfg, rank, step)
+            if (
+                rank == 0
+                and every_s is not None
+                and batches < steps_per_epoch
+                and time.monotonic() - last_point >= every_s
+            ):
+                elapsed = time.monotonic() - began
+                where = {
+                    "epoch": epoch,
+                    "batches": batches,
+                    "steps_per_epoch": steps_per_epoch,
+                    "world": world,
+                    "sums": sums,
+                }
+                try:
+                    write_resume_point(
+                        cfg.run_uri(), worker.state(epoch - 1, step, elapsed), where, cfg.storage
+                    )
+                except storage.StorageError as exc:  # the run goes on; the epoch checkpoint still counts
+                    print(f"[{cfg.name}] resume point not written: {exc}", flush=True)
+                last_point = time.monotonic()
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
-                rate = batches * cfg.batch_size * world / max(time.monotonic() - epoch_start, 1e-9)
+                rate = (batches - skip) * cfg.batch_size * world / max(time.monotonic() - epoch_start, 1e-9)
                 print(
                     f"[{cfg.name}] epoch {epoch} step {step} loss {sums['loss'] / batches:.4f} "
                     f"lr {worker.lr():.2e} {rate:.1f} samples/s",
@@ -337,7 +392,7 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
                     metrics.update(worker.validate(val_shard))
                 metrics.update(
                     lr=worker.lr(),
-                    samples_per_s=batches * cfg.batch_size * world / max(train_s, 1e-9),
+                    samples_per_s=(batches - skip) * cfg.batch_size * world / max(train_s, 1e-9),
                     epoch_s=time.monotonic() - epoch_start,
                     elapsed_s=time.monotonic() - began,
                 )
@@ -351,4 +406,4 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
             ray.train.report(
                 metrics, checkpoint=checkpoint_out, checkpoint_dir_name=checkpoint_dir_name(epoch)
             )
-    return {"start_epoch": start_epoch, "epochs": cfg.epochs, "step": step}
+    return {"start_epoch": start_epoch, "start_batch": start_batch, "epochs": cfg.epochs, "step": step}

@@ -42,6 +42,8 @@ class TrainingOutcome:
         run_uri: the run folder.
         start_epoch: first epoch trained by the final attempt (``epochs + 1`` when there was nothing
             left to do; larger than 1 when the run resumed).
+        start_batch: batches of ``start_epoch`` trained before the final attempt (it continued from a
+            mid-epoch resume point, ``checkpoint.every_minutes``); 0 when it began at the epoch's start.
         rows: ``metrics.csv`` rows, one per epoch.
         best: the best checkpoint by the configured metric (``None`` if no checkpoint exists).
         latest: the latest checkpoint.
@@ -54,6 +56,7 @@ class TrainingOutcome:
     best: CheckpointInfo | None
     latest: CheckpointInfo | None
     exported_to: str | None = None
+    start_batch: int = 0
 
 
 def scaling_config(cfg: TrainConfig) -> ray.train.ScalingConfig:
@@ -189,6 +192,7 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
         rows=rows,
         best=best_checkpoint(run_uri, cfg.checkpoint.metric, cfg.checkpoint.mode, cfg.storage),
         latest=checkpoints[-1] if checkpoints else None,
+        start_batch=int(attempt.get("start_batch", 0)),
     )
     if outcome.best is not None:
         score = outcome.best.metrics.get(cfg.checkpoint.metric)

@@ -1,10 +1,12 @@
 """Distributed training on the session's local Ray (2 CPUs) with runs and data on the moto S3 server.
 
 One CRNN run (the real recognition task, tiny model) on a tiny SROIE slice (receipts scaled down, written
-to S3) trains 2 epochs with 2 DDP workers over gloo, batches grouped by line width, and rank 1 kills itself with ``os._exit(1)`` at
-the first step of epoch 2 on the first attempt. The tests check, on that one run (each Ray Train start
-costs tens of seconds on 2 cores): the validation loss drops and checkpoints and ``metrics.csv`` land on
-S3; the worker group restarted from epoch 1's checkpoint and every epoch is recorded once; re-running
+to S3) trains 2 epochs with 2 DDP workers over gloo, batches grouped by line width, a mid-epoch resume
+point written after every step (``checkpoint.every_minutes`` tiny), and rank 1 kills itself with
+``os._exit(1)`` at the second step of epoch 2 on the first attempt. The tests check, on that one run (each
+Ray Train start costs tens of seconds on 2 cores): the validation loss drops and checkpoints and
+``metrics.csv`` land on S3; the worker group restarted from the resume point inside epoch 2, trained
+exactly the steps left and every epoch is recorded once; re-running
 the finished run through ``ocrjobs train`` (with 1 worker) resumes without repeating an epoch; the
 exported model folder's predictor gives exactly the checkpoint model's outputs.
 """
@@ -23,7 +25,7 @@ from ocrjobs.config import load_config
 from ocrjobs.data.formats import load_records, write_sroie
 from ocrjobs.data.records import Record, Region
 from ocrjobs.images import encode_jpeg, read_image, resize_keep_aspect
-from ocrjobs.training.checkpoint import CONFIG_FILE, list_checkpoints
+from ocrjobs.training.checkpoint import CONFIG_FILE, RESUME_FILE, list_checkpoints
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.loop import CRASH_MARKER
 from ocrjobs.training.progress import MetricsLog
@@ -56,7 +58,8 @@ scaling: {{num_workers: 2, cpus_per_worker: 0.5}}
 optim: {{lr: 0.003, warmup_steps: 2}}
 batch_size: 16
 epochs: 2
-checkpoint: {{metric: val_cer, mode: min, num_to_keep: 1}}
+# A resume point after every step (every_minutes is checked after each optimiser step).
+checkpoint: {{metric: val_cer, mode: min, num_to_keep: 1, every_minutes: 0.000001}}
 """
 
 
@@ -95,7 +98,7 @@ class Run:
 
 @pytest.fixture(scope="module")
 def run(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """2 epochs of a tiny CRNN on 2 workers; rank 1 dies at the first step of epoch 2, once."""
+    """2 epochs of a tiny CRNN on 2 workers; rank 1 dies at the second step of epoch 2, once."""
     from ocrjobs.training.data import plan_data
     from ocrjobs.training.tasks import TASKS
     from ocrjobs.training.trainer import fit
@@ -106,8 +109,9 @@ def run(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> Run:
     rows = plan_data(TASKS["recognition"](base), base).splits["train"].rows
     group = base.data.group_by_width  # pools of 2 batches sorted by line width
     steps_per_epoch = rows // base.scaling.num_workers // (base.batch_size * group) * group
+    assert steps_per_epoch >= 3, "the crash below must fall inside epoch 2"
     cfg = base.model_copy(
-        update={"debug": base.debug.model_copy(update={"crash_at_step": steps_per_epoch + 1})}
+        update={"debug": base.debug.model_copy(update={"crash_at_step": steps_per_epoch + 2})}
     )
     return Run(config_path, cfg, fit(cfg, command="pytest: fit(rec-tiny)"))
 
@@ -125,13 +129,20 @@ def test_two_workers_train_with_checkpoints_on_s3_and_val_loss_drops(run: Run) -
     assert storage.exists(storage.join(run.cfg.run_uri(), CONFIG_FILE))
 
 
-def test_worker_killed_mid_run_restarts_from_last_checkpoint(run: Run) -> None:
+def test_worker_killed_mid_epoch_restarts_from_the_resume_point(run: Run) -> None:
     marker = storage.join(run.cfg.run_uri(), CRASH_MARKER)
     assert storage.exists(marker), "rank 1 never crashed"
     assert storage.read_text(marker).startswith(f"rank 1 exited at step {run.cfg.debug.crash_at_step}")
-    # The surviving attempt started after epoch 1's checkpoint and redid epoch 2 only.
+    # The surviving attempt continued epoch 2 from a resume point: the one written after epoch 2's first
+    # step surely (rank 0 wrote it before the second step, which rank 1 finished before it died), or the
+    # one after the second if rank 0 wrote it before Ray stopped the group.
     assert run.outcome.start_epoch == 2
-    assert [row["epoch"] for row in run.outcome.rows] == [1.0, 2.0]
+    assert run.outcome.start_batch in (1, 2)
+    assert storage.exists(storage.join(run.cfg.run_uri(), RESUME_FILE))
+    rows = run.outcome.rows
+    assert [row["epoch"] for row in rows] == [1.0, 2.0]
+    # Only the steps left in epoch 2 were trained: none repeated, none missing.
+    assert rows[1]["step"] == 2 * rows[0]["step"]
     assert run.outcome.latest is not None and run.outcome.latest.epoch == 2
 
 

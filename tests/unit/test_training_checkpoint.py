@@ -12,14 +12,17 @@ from ocrjobs import storage
 from ocrjobs.config import ConfigError
 from ocrjobs.training.checkpoint import (
     CONFIG_FILE,
+    RESUME_FILE,
     STATE_FILE,
     best_checkpoint,
     checkpoint_dir_name,
     latest_state,
     list_checkpoints,
     model_weights,
+    read_resume_point,
     resolve_checkpoint,
     write_checkpoint,
+    write_resume_point,
 )
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.progress import MetricsLog, format_epoch_line, summary_table
@@ -235,16 +238,77 @@ def test_a_restart_resumes_from_storage_when_ray_registered_an_older_checkpoint(
     registered = ray.train.Checkpoint.from_directory(str(tmp_path / cfg.name / checkpoint_dir_name(1)))
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: registered)
     assert list_checkpoints(run)[-1].epoch == 2
-    assert _resume_state(cfg)["epoch"] == 2
+    assert _resume_state(cfg, 5, 1)["epoch"] == 2
     # Nothing newer in storage: Ray's checkpoint is used as it is.
     monkeypatch.setattr(
         ray.train,
         "get_checkpoint",
         lambda: ray.train.Checkpoint.from_directory(str(tmp_path / cfg.name / checkpoint_dir_name(2))),
     )
-    assert _resume_state(cfg)["epoch"] == 2
+    assert _resume_state(cfg, 5, 1)["epoch"] == 2
     monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
-    assert _resume_state(cfg.model_copy(update={"name": "fresh"})) is None
+    assert _resume_state(cfg.model_copy(update={"name": "fresh"}), 5, 1) is None
+
+
+def _point(epoch: int, batches: int, steps_per_epoch: int = 5, world: int = 1) -> dict:
+    return {
+        "epoch": epoch,
+        "batches": batches,
+        "steps_per_epoch": steps_per_epoch,
+        "world": world,
+        "sums": {"loss": 1.5},
+    }
+
+
+def test_resume_point_continues_only_the_epoch_after_the_last_checkpoint(tmp_path: Path) -> None:
+    run = str(tmp_path / "run")
+    assert read_resume_point(run, 0, 5, 1) is None  # none written yet
+    write_resume_point(run, {"epoch": 1, "step": 8, "model": {"w": torch.ones(2)}}, _point(2, 3))
+    state = read_resume_point(run, 1, 5, 1)
+    assert state is not None and (state["epoch"], state["step"], state["in_epoch"]["batches"]) == (1, 8, 3)
+    assert torch.equal(state["model"]["w"], torch.ones(2))
+    # Stale once epoch 2 is checkpointed; never for an epoch further on than the next.
+    assert read_resume_point(run, 2, 5, 1) is None
+    assert read_resume_point(run, 0, 5, 1) is None
+    # Batch counts of another geometry (a re-run with other --workers) are not comparable.
+    assert read_resume_point(run, 1, 5, 2) is None
+    assert read_resume_point(run, 1, 10, 1) is None
+    # Replaced whole by the next point.
+    write_resume_point(run, {"epoch": 1, "step": 9}, _point(2, 4))
+    assert read_resume_point(run, 1, 5, 1)["in_epoch"]["batches"] == 4
+    # A point at the epoch's end (or before any batch) is no point: the epoch checkpoint covers it.
+    write_resume_point(run, {"epoch": 1, "step": 10}, _point(2, 5))
+    assert read_resume_point(run, 1, 5, 1) is None
+    # A truncated file is passed over, not an error.
+    (tmp_path / "run" / RESUME_FILE).write_bytes(b"PK\x03\x04 cut short")
+    assert read_resume_point(run, 1, 5, 1) is None
+
+
+def test_a_restart_takes_the_resume_point_after_the_newest_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray.train
+
+    from ocrjobs.training.loop import _resume_state
+
+    cfg = TrainConfig.model_validate(
+        {
+            **_CONFIG,
+            "storage_path": str(tmp_path),
+            "checkpoint": {**_CONFIG["checkpoint"], "every_minutes": 5},
+        }
+    )
+    run = _fake_run(tmp_path, cfg, [0.5, 0.2])
+    monkeypatch.setattr(ray.train, "get_checkpoint", lambda: None)
+    write_resume_point(run, {"epoch": 2, "step": 13}, _point(3, 3))
+    state = _resume_state(cfg, 5, 1)
+    assert (state["epoch"], state["step"], state["in_epoch"]["batches"]) == (2, 13, 3)
+    # Without every_minutes the point is not looked for: the epoch checkpoint as before.
+    plain = cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"every_minutes": None})})
+    assert "in_epoch" not in _resume_state(plain, 5, 1)
+    # A point from an epoch already checkpointed is stale.
+    write_resume_point(run, {"epoch": 1, "step": 7}, _point(2, 2))
+    assert "in_epoch" not in _resume_state(cfg, 5, 1)
 
 
 def test_cards_show_local_paths_below_the_working_directory_relative(
