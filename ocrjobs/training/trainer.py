@@ -29,7 +29,15 @@ from ocrjobs.training.progress import MetricsLog, summary_table
 if TYPE_CHECKING:
     import ray.train
 
-__all__ = ["TrainingOutcome", "dry_run", "fit", "ray_run_config", "scaling_config", "worker_config"]
+__all__ = [
+    "TrainingOutcome",
+    "absolute_local_paths",
+    "dry_run",
+    "fit",
+    "ray_run_config",
+    "scaling_config",
+    "worker_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +127,23 @@ def worker_config(cfg: TrainConfig, task: Any) -> TrainConfig:
     return cfg.model_copy(update={"model": model})
 
 
+def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
+    """The config with its local run storage and ``model.init_from`` as absolute paths.
+
+    Ray Train workers do not run in the driver's working directory (Train V2 starts them in the run's
+    artifacts folder under ``/tmp/ray``): a relative ``storage_path`` there put ``metrics.csv``, the
+    resume point and the storage side of resuming into that folder, and a relative ``init_from`` was
+    not found. ``s3://`` URIs are left as they are.
+    """
+    update: dict[str, Any] = {}
+    if not storage.is_s3(cfg.storage_path):
+        update["storage_path"] = os.path.abspath(cfg.storage_path)
+    init_from = cfg.model.init_from
+    if init_from and not storage.is_s3(init_from):
+        update["model"] = cfg.model.model_copy(update={"init_from": os.path.abspath(init_from)})
+    return cfg.model_copy(update=update)
+
+
 def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     """Train (or resume) a run on the Ray cluster this process is connected to.
 
@@ -142,11 +167,7 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     from ocrjobs.training.tasks import TASKS
 
     ensure_ray()
-    init_from = cfg.model.init_from
-    if init_from and not storage.is_s3(init_from):
-        # Workers do not share the driver's working directory: a relative folder would not be found.
-        model = cfg.model.model_copy(update={"init_from": os.path.abspath(init_from)})
-        cfg = cfg.model_copy(update={"model": model})
+    cfg = absolute_local_paths(cfg)
     task = TASKS[cfg.task](cfg)
     cfg = worker_config(cfg, task)
     plan = plan_data(task, cfg)

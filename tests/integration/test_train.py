@@ -193,3 +193,37 @@ def test_exported_recognizer_matches_checkpoint_model(run: Run, bucket: str, tmp
     card = (out / "CARD.md").read_text()
     assert f"s3://{bucket}/data/train" in card and "synthetic `lines` x 32" in card
     assert f"| val_cer | {info.metrics['val_cer']:.4f} |" in card
+
+
+_LOCAL_YAML = """\
+name: rec-local
+task: recognition
+model:
+  arch: crnn_small
+  arch_kwargs: {channels: [8, 8, 8, 8], hidden: 8}
+  preprocess: {height: 32, width: 64}
+  charset: {name: printable}
+data:
+  train: {synthetic: [{kind: lines, count: 32}]}
+  augment: false
+  prep_num_cpus: 0.5
+scaling: {num_workers: 1, cpus_per_worker: 0.5}
+batch_size: 16
+epochs: 1
+log_every: 0
+checkpoint: {metric: train_loss, mode: min, every_minutes: 0.000001}
+"""
+
+
+def test_a_relative_storage_path_is_the_drivers_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray Train workers run in their own working directory: what rank 0 writes itself (``metrics.csv``,
+    the resume point) must land in the run folder the driver named, not below Ray's session folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.yaml").write_text(_LOCAL_YAML)
+    assert main(["train", "--config", "train.yaml", "--storage-path", "runs"]) == 0
+    run = tmp_path / "runs" / "rec-local"
+    assert [row["epoch"] for row in MetricsLog(str(run)).read()] == [1.0]
+    assert (run / RESUME_FILE).exists()  # written after the first of the epoch's 2 steps
+    assert [c.epoch for c in list_checkpoints(str(run))] == [1]
