@@ -57,6 +57,7 @@ __all__ = [
     "InputListing",
     "ObjectNotFoundError",
     "StorageError",
+    "absolute",
     "basename",
     "clear_client_cache",
     "copy",
@@ -186,6 +187,15 @@ def _local_path(uri: URI) -> str:
             raise StorageError(f"{s!r}: file:// URIs on another host are not supported", s)
         return urllib.request.url2pathname(parsed.path)
     return s
+
+
+def absolute(uri: URI) -> str:
+    """An ``s3://`` URI as it is; a local path or ``file://`` URI as an absolute filesystem path.
+
+    For handing a location to processes that run in another working directory (Ray workers).
+    """
+    s = _to_str(uri)
+    return s if is_s3(s) else os.path.abspath(_local_path(s))
 
 
 def join(uri: URI, *parts: str) -> str:

@@ -317,18 +317,19 @@ def read_resume_point(
         )
         where = state["in_epoch"]
         epoch, batches = int(where["epoch"]), int(where["batches"])
+        geometry = (int(where["steps_per_epoch"]), int(where["world"]))
+        where["sums"] = {str(k): float(v) for k, v in where["sums"].items()}
     except Exception as exc:  # an unreadable or foreign file: the epoch checkpoint is still there
         logger.warning("resume point %s does not load (%s); ignored", uri, exc)
         return None
     if epoch != completed_epoch + 1 or not 0 < batches < steps_per_epoch:
         return None
-    if (int(where["steps_per_epoch"]), int(where["world"])) != (steps_per_epoch, world):
+    if geometry != (steps_per_epoch, world):
         logger.warning(
             "resume point %s counts batches of %d steps per epoch on %d workers, this run has %d on %d; "
             "resuming from the epoch checkpoint instead",
             uri,
-            int(where["steps_per_epoch"]),
-            int(where["world"]),
+            *geometry,
             steps_per_epoch,
             world,
         )

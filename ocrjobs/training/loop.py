@@ -25,6 +25,7 @@ from torch import nn
 from ocrjobs import storage
 from ocrjobs.registry import read_model_dir
 from ocrjobs.training.checkpoint import (
+    RESUME_FILE,
     STATE_FILE,
     checkpoint_dir_name,
     latest_state,
@@ -252,6 +253,30 @@ def _resume_state(cfg: TrainConfig, steps_per_epoch: int, world: int) -> dict[st
     return state
 
 
+def _check_ranks_agree(cfg: TrainConfig, where: tuple[int, ...], device: torch.device) -> None:
+    """Fail the attempt unless every rank resumes from the same epoch, batch and step.
+
+    Each rank reads the run folder itself; a read that failed on one rank only, or a local run folder
+    that is not shared between nodes, would otherwise start the ranks at different points, and their
+    collectives would stop matching (an error with gloo, a hang with NCCL). Failing restarts the group
+    (``failure.max_failures``), which reads again.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    import torch.distributed as dist
+
+    mine = torch.tensor(where, dtype=torch.int64, device=device)
+    high, low = mine.clone(), -mine
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MAX)
+    if not torch.equal(high, -low):
+        raise RuntimeError(
+            f"[{cfg.name}] the ranks would resume from different points (epoch, batch, step between "
+            f"{tuple((-low).tolist())} and {tuple(high.tolist())}; this rank {where}): is the run folder "
+            f"{cfg.run_uri()} storage every node reads?"
+        )
+
+
 def load_initial_weights(model: nn.Module, weights: dict[str, torch.Tensor]) -> list[str]:
     """Load ``model.init_from``'s weights: strictly, or into a deeper model of an architecture that can
     grow (``load_deeper``: SATRN), whose extra layers start as identities. Returns the added layers."""
@@ -307,7 +332,8 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
         if state.get("in_epoch"):
             # rank 0 wrote the sums: they stand in for every rank's first batches in the epoch's mean
             start_batch = int(state["in_epoch"]["batches"])
-            start_sums = {k: float(v) for k, v in state["in_epoch"]["sums"].items()}
+            start_sums = dict(state["in_epoch"]["sums"])
+    _check_ranks_agree(cfg, (start_epoch, start_batch, step), device)
 
     log = MetricsLog(cfg.run_uri(), cfg.storage)
     if rank == 0:
@@ -348,6 +374,8 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
             seen += 1
             if seen <= skip:
                 continue
+            if skip and seen == skip + 1:
+                epoch_start = time.monotonic()  # the rate counts the batches trained, not those passed by
             for key, value in worker.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             step += 1
@@ -371,7 +399,10 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
                     write_resume_point(
                         cfg.run_uri(), worker.state(epoch - 1, step, elapsed), where, cfg.storage
                     )
-                except storage.StorageError as exc:  # the run goes on; the epoch checkpoint still counts
+                except (
+                    storage.StorageError,
+                    OSError,
+                ) as exc:  # the run goes on; epoch checkpoints still count
                     print(f"[{cfg.name}] resume point not written: {exc}", flush=True)
                 last_point = time.monotonic()
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
@@ -406,4 +437,12 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
             ray.train.report(
                 metrics, checkpoint=checkpoint_out, checkpoint_dir_name=checkpoint_dir_name(epoch)
             )
+        if rank == 0 and every_s is not None:
+            # The epoch's checkpoint supersedes its resume point: drop it (model and optimiser, tens of MB)
+            # rather than have every restart load it to find it stale.
+            try:
+                storage.delete(storage.join(cfg.run_uri(), RESUME_FILE), cfg.storage)
+            except (storage.StorageError, OSError) as exc:
+                print(f"[{cfg.name}] stale resume point not deleted: {exc}", flush=True)
+        last_point = time.monotonic()
     return {"start_epoch": start_epoch, "start_batch": start_batch, "epochs": cfg.epochs, "step": step}

@@ -9,7 +9,6 @@ prepared in-process, and the model computes a loss on it.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -133,14 +132,11 @@ def absolute_local_paths(cfg: TrainConfig) -> TrainConfig:
     Ray Train workers do not run in the driver's working directory (Train V2 starts them in the run's
     artifacts folder under ``/tmp/ray``): a relative ``storage_path`` there put ``metrics.csv``, the
     resume point and the storage side of resuming into that folder, and a relative ``init_from`` was
-    not found. ``s3://`` URIs are left as they are.
+    not found. ``s3://`` URIs are left as they are; ``file://`` ones become paths.
     """
-    update: dict[str, Any] = {}
-    if not storage.is_s3(cfg.storage_path):
-        update["storage_path"] = os.path.abspath(cfg.storage_path)
-    init_from = cfg.model.init_from
-    if init_from and not storage.is_s3(init_from):
-        update["model"] = cfg.model.model_copy(update={"init_from": os.path.abspath(init_from)})
+    update: dict[str, Any] = {"storage_path": storage.absolute(cfg.storage_path)}
+    if cfg.model.init_from:
+        update["model"] = cfg.model.model_copy(update={"init_from": storage.absolute(cfg.model.init_from)})
     return cfg.model_copy(update=update)
 
 

@@ -321,3 +321,56 @@ def test_cards_show_local_paths_below_the_working_directory_relative(
     assert _shown("/elsewhere/models/x") == "/elsewhere/models/x"
     assert _shown("s3://bucket/runs/r3") == "s3://bucket/runs/r3"
     assert _shown("models/x") == "models/x"
+
+
+def _agree_worker(rank: int, port: int, wheres: list[tuple[int, int, int]], out: str) -> None:
+    import torch.distributed as dist
+
+    from ocrjobs.training.loop import _check_ranks_agree
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cfg = TrainConfig.model_validate(_CONFIG)
+    try:
+        _check_ranks_agree(cfg, wheres[rank], torch.device("cpu"))
+        result = "ok"
+    except RuntimeError as exc:
+        result = str(exc)
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}").write_text(result)
+
+
+@pytest.mark.parametrize("second", [(2, 3, 13), (2, 0, 10)])
+def test_ranks_that_would_resume_from_different_points_fail_the_attempt(
+    tmp_path: Path, second: tuple[int, int, int]
+) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    wheres = [(2, 3, 13), second]
+    mp.spawn(_agree_worker, args=(port, wheres, str(tmp_path)), nprocs=2, join=True)
+    results = [(tmp_path / f"rank{r}").read_text() for r in range(2)]
+    if second == wheres[0]:
+        assert results == ["ok", "ok"]
+    else:  # every rank fails, not only the odd one out
+        assert all("resume from different points" in r for r in results)
+        assert "(2, 0, 10) and (2, 3, 13)" in results[0]
+
+
+def test_local_paths_become_absolute_for_the_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ocrjobs.training.trainer import absolute_local_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = TrainConfig.model_validate({**_CONFIG, "storage_path": "runs"})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"init_from": "models/x"})})
+    out = absolute_local_paths(cfg)
+    assert (out.storage_path, out.model.init_from) == (str(tmp_path / "runs"), str(tmp_path / "models" / "x"))
+    assert absolute_local_paths(
+        cfg.model_copy(update={"storage_path": f"file://{tmp_path}/r"})
+    ).storage_path == str(tmp_path / "r")
+    s3 = cfg.model_copy(update={"storage_path": "s3://bucket/runs"})
+    assert absolute_local_paths(s3).storage_path == "s3://bucket/runs"
