@@ -122,9 +122,14 @@ def load_state(uri: str, config: StorageConfig | None = None) -> dict[str, Any]:
     Returns:
         The dict :func:`write_checkpoint` saved.
     """
+    return _load_torch_file(storage.join(uri, STATE_FILE), config)
+
+
+def _load_torch_file(uri: str, config: StorageConfig | None) -> dict[str, Any]:
+    """A dict ``torch.save`` wrote, onto the CPU, with no code run on load (``weights_only``)."""
     import torch
 
-    data = storage.read_bytes(storage.join(uri, STATE_FILE), config)
+    data = storage.read_bytes(uri, config)
     state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     return state
 
@@ -306,15 +311,11 @@ def read_resume_point(
     Returns:
         The saved state (with ``in_epoch``), or ``None``.
     """
-    import torch
-
     uri = storage.join(run_uri, RESUME_FILE)
     if not storage.exists(uri, config):
         return None
     try:
-        state: dict[str, Any] = torch.load(
-            io.BytesIO(storage.read_bytes(uri, config)), map_location="cpu", weights_only=True
-        )
+        state = _load_torch_file(uri, config)
         where = state["in_epoch"]
         epoch, batches = int(where["epoch"]), int(where["batches"])
         geometry = (int(where["steps_per_epoch"]), int(where["world"]))

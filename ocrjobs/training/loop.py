@@ -9,6 +9,8 @@ from the latest checkpoint Ray hands back.
 
 from __future__ import annotations
 
+import collections
+import itertools
 import os
 import random
 import tempfile
@@ -222,7 +224,8 @@ def _resume_state(cfg: TrainConfig, steps_per_epoch: int, world: int) -> dict[st
     ``ray.train.get_checkpoint()`` is what the Train controller registered; when a worker dies right
     after a report, the restarted group can get the previous epoch although rank 0 already persisted
     the newer folder (seen as a restart from epoch 1 after a crash in epoch 2). Every rank reads the
-    same folder, so the ranks agree on the epoch (and on the resume point's batch).
+    same folder, so the ranks normally agree on the epoch and the resume point's batch;
+    :func:`_check_ranks_agree` makes sure.
     """
     import ray.train
 
@@ -353,12 +356,9 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
     for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
         epoch_start = time.monotonic()
-        # Resumed mid-epoch: the stream restarts with the epoch's own shuffle seed and its first
-        # ``skip`` batches (about the ones trained before; Ray Data does not fix the block order) pass by.
         skip = start_batch if epoch == start_epoch else 0
         sums: dict[str, float] = dict(start_sums) if skip else {}
         batches = skip
-        seen = 0
         shuffle_seed = (cfg.seed * 1_000_003 + epoch * 1009 + rank) % 2**31
         train_batches: Iterable[Batch] = train_shard.iter_batches(
             batch_size=cfg.batch_size * group,
@@ -370,12 +370,14 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
         )
         if group > 1:
             train_batches = group_by_width(train_batches, cfg.batch_size, np.random.default_rng(shuffle_seed))
+        train_batches = iter(train_batches)
+        if skip:
+            # Resumed mid-epoch: the stream restarts with the epoch's own shuffle seed and its first
+            # ``skip`` batches (about the ones trained before; Ray Data does not fix the block order) pass
+            # by untrained; the rate counts the batches trained from here.
+            collections.deque(itertools.islice(train_batches, skip), maxlen=0)
+            epoch_start = time.monotonic()
         for batch in train_batches:
-            seen += 1
-            if seen <= skip:
-                continue
-            if skip and seen == skip + 1:
-                epoch_start = time.monotonic()  # the rate counts the batches trained, not those passed by
             for key, value in worker.step(batch).items():
                 sums[key] = sums.get(key, 0.0) + value
             step += 1
@@ -395,14 +397,12 @@ def train_func(config: dict[str, Any]) -> dict[str, int]:
                     "world": world,
                     "sums": sums,
                 }
+                # A point that cannot be written is reported; the run goes on (epoch checkpoints count).
                 try:
                     write_resume_point(
                         cfg.run_uri(), worker.state(epoch - 1, step, elapsed), where, cfg.storage
                     )
-                except (
-                    storage.StorageError,
-                    OSError,
-                ) as exc:  # the run goes on; epoch checkpoints still count
+                except (storage.StorageError, OSError) as exc:
                     print(f"[{cfg.name}] resume point not written: {exc}", flush=True)
                 last_point = time.monotonic()
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
