@@ -64,6 +64,12 @@ class AttentionRecognizer(nn.Module, abc.ABC):
         return False
 
     @property
+    def variable_height(self) -> bool:
+        """Whether inputs may be any height that is a multiple of the CNN stride (batches of one height)
+        rather than the ``height`` the model was trained at."""
+        return False
+
+    @property
     @abc.abstractmethod
     def num_classes(self) -> int:
         """Output classes (EOS = 0 and the characters)."""

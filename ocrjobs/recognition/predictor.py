@@ -64,6 +64,7 @@ __all__ = [
     "RecognizedText",
     "check_model_kind",
     "ctc_batch_width",
+    "input_height",
     "is_tall",
     "latex_predictor_from_model_dir",
     "orient_crop",
@@ -79,7 +80,9 @@ MIN_ASPECT = 0.75
 # CTC batches are padded to a multiple of this width: few distinct shapes, and always a multiple of
 # the 4 px a CTC frame covers.
 WIDTH_STEP = 16
-_PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std"})
+_PREPROCESS_KEYS = frozenset({"height", "width", "mean", "std", "max_height", "scale"})
+# Variable-height inputs are multiples of this height: the SATRN CNN's stride (8 with three stages).
+HEIGHT_STEP = 8
 _POSTPROCESS_KEYS = frozenset(
     {
         "decoder",
@@ -144,18 +147,44 @@ def resized_width(height_px: int, width_px: int, height: int, max_width: int) ->
     return min(max_width, max(1, round(width_px * height / height_px)))
 
 
-def resize_crop(crop: np.ndarray, height: int, max_width: int) -> np.ndarray:
+def input_height(
+    height_px: int, height: int, max_height: int | None = None, scale: float | None = None
+) -> int:
+    """The input height of a ``height_px`` high crop: ``height``, or with ``max_height`` and ``scale``
+    (attention models that read any height) the crop at ``scale`` rounded up to a multiple of
+    :data:`HEIGHT_STEP`, kept between ``height`` and ``max_height``.
+
+    A fixed height squeezes a tall formula (an array, stacked fractions) to a fraction of the glyph
+    size the short ones are read at; a constant ``scale`` keeps glyphs of crops up to
+    ``max_height / scale`` px at one size, and short crops are still enlarged to ``height``.
+
+    >>> input_height(85, 64, 128, 0.75), input_height(120, 64, 128, 0.75), input_height(400, 64, 128, 0.75)
+    (64, 96, 128)
+    """
+    if max_height is None or scale is None:
+        return height
+    stepped = HEIGHT_STEP * math.ceil(height_px * scale / HEIGHT_STEP)
+    return int(min(max_height, max(height, stepped)))
+
+
+def resize_crop(
+    crop: np.ndarray, height: int, max_width: int, max_height: int | None = None, scale: float | None = None
+) -> np.ndarray:
     """Resize to ``height`` keeping the aspect ratio; wider results are squeezed to ``max_width``.
 
     Args:
         crop: ``[h, w, 3]`` uint8 image (``h, w >= 1``).
-        height: output height.
+        height: output height (the least, with ``max_height`` and ``scale``).
         max_width: widest output.
+        max_height: tallest output of a variable-height input (see :func:`input_height`).
+        scale: input pixels per crop pixel of a variable-height input.
 
     Returns:
-        ``[height, w', 3]`` uint8 with ``1 <= w' <= max_width``.
+        ``[h', w', 3]`` uint8 with ``h' = input_height(h, height, max_height, scale)`` and
+        ``1 <= w' <= max_width``.
     """
     h, w = crop.shape[:2]
+    height = input_height(h, height, max_height, scale)
     new_w = resized_width(h, w, height, max_width)
     # INTER_AREA averages when shrinking (no aliasing of thin strokes); linear when enlarging.
     interpolation = cv2.INTER_AREA if h > height else cv2.INTER_LINEAR
@@ -226,6 +255,9 @@ class RecognitionPredictor:
         max_len: attention models: most decoding steps (EOS included).
         max_repeat: attention models: no token is written more than this many times in a row
             (``attention_beam_search``; greedy decoding then runs as a beam of one); ``None``: no limit.
+        max_height: attention models that read any height (SATRN): inputs taller than ``height`` up to
+            this, with ``scale`` (see :func:`input_height`); ``None``: every input is ``height`` high.
+        scale: input pixels per crop pixel of variable-height inputs (with ``max_height``).
         syntax: formula models: ``"repair"`` edits each hypothesis into a formula that passes
             :class:`~ocrjobs.recognition.latex_syntax.LatexSyntax`'s rules (one LaTeX compiles);
             ``None``: outputs as the model writes them.
@@ -263,6 +295,8 @@ class RecognitionPredictor:
         *,
         height: int = 32,
         width: int = 256,
+        max_height: int | None = None,
+        scale: float | None = None,
         decoder: Literal["greedy", "beam"] = "greedy",
         beam_width: int = 5,
         max_len: int = 32,
@@ -301,6 +335,20 @@ class RecognitionPredictor:
         self.tokenizer = tokenizer
         self.height = int(height)
         self.width = int(width)
+        if (max_height is None) != (scale is None):
+            raise ValueError(f"max_height and scale go together, got {max_height} and {scale}")
+        if max_height is not None and scale is not None:
+            if not getattr(model, "variable_height", False):
+                raise ValueError(
+                    f"max_height is for models that read any height (satrn), not {model.config.arch}"
+                )
+            if max_height < height or max_height % HEIGHT_STEP or height % HEIGHT_STEP or not scale > 0:
+                raise ValueError(
+                    f"max_height ({max_height}) must be >= height ({height}), both multiples of "
+                    f"{HEIGHT_STEP}, and scale ({scale}) > 0"
+                )
+        self.max_height = None if max_height is None else int(max_height)
+        self.scale = None if scale is None else float(scale)
         self.decoder = decoder
         self.beam_width = int(beam_width)
         self.max_len = int(max_len)
@@ -485,14 +533,22 @@ class RecognitionPredictor:
         for i, crop in enumerate(crops):
             _check_crop(crop, i)
             if crop.shape[0] and crop.shape[1]:
-                resized[i] = resize_crop(orient_crop(crop), self.height, self.width)
-        order = sorted(resized, key=lambda i: resized[i].shape[1])
+                resized[i] = resize_crop(
+                    orient_crop(crop), self.height, self.width, self.max_height, self.scale
+                )
+        # By height, then width: a batch holds one height (variable-height inputs) and similar widths.
+        order = sorted(resized, key=lambda i: resized[i].shape[:2])
         fixed = isinstance(self.model, AttentionRecognizer) and not self.model.variable_width
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
+        start = 0
+        while start < len(order):
+            height = resized[order[start]].shape[0]
+            stop = min(start + self.batch_size, len(order))
+            stop = next((j for j in range(start, stop) if resized[order[j]].shape[0] != height), stop)
+            indices = order[start:stop]
             images = [resized[i] for i in indices]
             width = self.width if fixed else ctc_batch_width(images[-1].shape[1])
             yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
+            start = stop
 
     def _decode(self, batch: torch.Tensor) -> tuple[list[Hypothesis], int]:
         """The batch's hypotheses and its number of CTC frames (0 for attention models)."""
@@ -596,6 +652,11 @@ class RecognitionPredictor:
             preprocess={
                 "height": self.height,
                 "width": self.width,
+                **(
+                    {"max_height": self.max_height, "scale": self.scale}
+                    if self.max_height is not None
+                    else {}
+                ),
                 "mean": list(self.mean),
                 "std": list(self.std),
             },

@@ -438,6 +438,11 @@ class SATRN(AttentionRecognizer):
         """Any width that is a multiple of the CNN stride: positions are computed for the actual map."""
         return True
 
+    @property
+    def variable_height(self) -> bool:
+        """Any height that is a multiple of the CNN stride, for the same reason (``preprocess.max_height``)."""
+        return True
+
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """``[b, 3, H, W]`` -> the encoded 2-D feature map ``[b, dim, H/stride, W/stride]``."""
         return self.sequence(self.features(images))

@@ -130,14 +130,22 @@ class LatexTask:
         pre, post = cfg.model.preprocess, cfg.model.postprocess
         self.height = int(pre.get("height", 128))
         self.width = int(pre.get("width", 256))
+        # Variable-height inputs (SATRN): both or neither (RecognitionPredictor checks them).
+        self.max_height = None if pre.get("max_height") is None else int(pre["max_height"])
+        self.scale = None if pre.get("scale") is None else float(pre["scale"])
         self.mean = tuple(float(v) for v in pre.get("mean", (0.5, 0.5, 0.5)))
         self.std = tuple(float(v) for v in pre.get("std", (0.5, 0.5, 0.5)))
         self.max_len = int(post.get("max_len", 160))
         self.max_tokens = self.max_len - 1  # the decoder's last step is EOS
         self.loss_config = loss or FormulaLossConfig.from_dict(cfg.loss)
         self.trim = False  # build_model sets it from the model
-        if self.build_model().decoding != "attention":
+        model = self.build_model()
+        if model.decoding != "attention":
             raise ConfigError(f"task 'latex' needs an attention model (aster, satrn), got {cfg.model.arch!r}")
+        try:  # the predictor's checks of the preprocessing, at start-up
+            line_predictor(self, model, self.tokenizer)
+        except ValueError as exc:
+            raise ConfigError(f"model.preprocess / postprocess: {exc}") from None
         for split in (cfg.data.train, cfg.data.val):
             for synth in split.synthetic:
                 try:  # fail at start-up, not in a data task an hour into the run
@@ -205,6 +213,8 @@ class LatexTask:
             vocabulary=self.vocabulary.tokens,
             max_tokens=self.max_tokens,
             storage=self.cfg.storage,
+            max_height=self.max_height,
+            scale=self.scale,
         )
 
     def collate(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:

@@ -98,6 +98,9 @@ def seed_everything(seed: int) -> None:
 def group_by_width(pools: Iterable[Batch], batch_size: int, rng: np.random.Generator) -> Iterator[Batch]:
     """Split each pool of rows into ``batch_size`` batches of similar ``valid_w``, in random order.
 
+    Rows with a ``valid_h`` column (variable-height inputs) are sorted by it first: a batch then
+    mostly holds one height, as the predictor batches them.
+
     Args:
         pools: numpy batches of a multiple of ``batch_size`` rows, each with a ``valid_w`` column.
         batch_size: rows per yielded batch.
@@ -107,8 +110,11 @@ def group_by_width(pools: Iterable[Batch], batch_size: int, rng: np.random.Gener
         Batches of ``batch_size`` rows; a pool's leftover rows (fewer than ``batch_size``) are dropped.
     """
     for pool in pools:
-        # Stable sort: rows of equal width keep the shuffled order they arrived in.
-        order = np.argsort(pool["valid_w"], kind="stable")
+        # Stable sorts: rows of equal size keep the shuffled order they arrived in.
+        if "valid_h" in pool:
+            order = np.lexsort((pool["valid_w"], pool["valid_h"]))
+        else:
+            order = np.argsort(pool["valid_w"], kind="stable")
         chunks = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
         for j in rng.permutation(len(chunks)):
             yield {key: np.asarray(column)[chunks[j]] for key, column in pool.items()}

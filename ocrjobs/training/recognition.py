@@ -48,17 +48,28 @@ def line_images(
     :func:`~ocrjobs.recognition.predictor.to_batch` pads at inference: a model trained on zero
     padding would see a different right margin in production. With ``trim`` (CTC models, attention
     models with ``variable_width``) the batch is
-    cut to its widest row rounded up to 16 px, the width the predictor batches such crops at.
+    cut to its widest row rounded up to 16 px, the width the predictor batches such crops at. Rows of
+    variable-height inputs (a ``valid_h`` column) are cut to the batch's tallest and repeat their last
+    valid row below it (the predictor batches one height, so it pads no rows).
     """
     images = torch.from_numpy(batch["image"])
     if trim:
         width = min(images.shape[2], ctc_batch_width(int(batch["valid_w"].max())))
         images = images[:, :, :width]
+    if "valid_h" in batch:
+        images = images[:, : int(batch["valid_h"].max())]
     images = images.to(device, non_blocking=True)
     images = images.permute(0, 3, 1, 2).float() / 255.0  # [b, h, w, 3] -> [b, 3, h, w]
     images = (images - torch.tensor(mean, device=device).view(1, 3, 1, 1)) / torch.tensor(
         std, device=device
     ).view(1, 3, 1, 1)
+    if "valid_h" in batch:
+        rows = torch.arange(images.shape[2], device=device).view(1, 1, -1, 1)
+        valid_h = torch.from_numpy(batch["valid_h"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
+        last_row = images.gather(
+            2, (valid_h - 1).clamp_min(0).expand(-1, images.shape[1], 1, images.shape[3])
+        )
+        images = torch.where(rows >= valid_h, last_row, images)
     columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
     valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
     last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
@@ -75,6 +86,8 @@ def line_predictor(task: Any, model: nn.Module, tokenizer: Tokenizer) -> Recogni
         tokenizer,
         height=task.height,
         width=task.width,
+        max_height=getattr(task, "max_height", None),
+        scale=getattr(task, "scale", None),
         mean=task.mean,
         std=task.std,
         decoder=settings["decoder"],

@@ -219,16 +219,20 @@ class FormulaRows:
     does, an image narrower than 0.75 of its height is turned 90° counter-clockwise, scaled to
     ``height`` keeping its aspect ratio and squeezed to at most ``width``. Rows are padded on the right
     with black to ``width``; ``valid_w`` says where the padding starts (collation repeats the last
-    column there, like the predictor).
+    column there, like the predictor). With ``max_height`` and ``scale`` the height varies as the
+    predictor's does (:func:`~ocrjobs.recognition.predictor.input_height`): rows are padded at the
+    bottom to ``max_height`` and ``valid_h`` says where (collation cuts a batch to its tallest row).
 
     Attributes:
-        height: model input height.
+        height: model input height (the least, with ``max_height``).
         width: model input width.
         augmenter: training augmentation (``None``: none).
         formulas: train formulas synthetic samples may re-render.
         vocabulary: tokens synthetic formulas may use (empty: no restriction).
         max_tokens: longest synthetic formula (the model's ``max_len - 1``).
         storage: S3 settings for reading images.
+        max_height: tallest input of a variable-height model (``None``: all are ``height`` high).
+        scale: input pixels per image pixel of variable-height inputs.
     """
 
     height: int
@@ -238,6 +242,8 @@ class FormulaRows:
     vocabulary: tuple[str, ...] = ()
     max_tokens: int = 150
     storage: StorageConfig = field(default_factory=StorageConfig)
+    max_height: int | None = None
+    scale: float | None = None
     _generators: dict[tuple[int, str], FormulaGenerator] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -260,12 +266,15 @@ class FormulaRows:
 
         if self.augmenter is not None:
             image, _ = self.augmenter(image, [], rng)
-        resized = resize_crop(orient_crop(image), self.height, self.width)
-        return {
-            "image": pad_to(resized, self.height, self.width),
+        resized = resize_crop(orient_crop(image), self.height, self.width, self.max_height, self.scale)
+        row = {
+            "image": pad_to(resized, self.max_height or self.height, self.width),
             "valid_w": np.int32(resized.shape[1]),
             "text": text,
         }
+        if self.max_height is not None:
+            row["valid_h"] = np.int32(resized.shape[0])
+        return row
 
     def __call__(self, batch: Batch) -> Batch:
         """Prepare a batch of items (one row each)."""

@@ -11,7 +11,7 @@ import torch
 
 from ocrjobs.config import ConfigError
 from ocrjobs.recognition.latex import LatexTokenizer
-from ocrjobs.recognition.predictor import ctc_batch_width, resize_crop, to_batch
+from ocrjobs.recognition.predictor import RecognitionPredictor, ctc_batch_width, resize_crop, to_batch
 from ocrjobs.training.config import TrainConfig
 from ocrjobs.training.data import plan_data, prepare_locally
 from ocrjobs.training.latex import FormulaLossConfig, LatexTask
@@ -196,3 +196,62 @@ def test_dry_run_summarises_without_ray(shared_data: Path) -> None:
     text = dry_run(cfg)
     assert "run unit-latex: latex satrn" in text
     assert "prepared row: image uint8[32, 128, 3]" in text
+
+
+def test_variable_height_rows_collate_and_predictor_batch_alike(shared_data: Path, tmp_path: Path) -> None:
+    preprocess = {"height": 32, "width": 128, "max_height": 64, "scale": 0.5}
+    cfg = _config(shared_data)
+    cfg.model.preprocess = preprocess
+    task = LatexTask(cfg)
+    plan = plan_data(task, cfg)
+    rows = prepare_locally(task, plan.splits["val"], (), count=12)
+    # Rows are padded to max_height; valid_h is the predictor's height for each image.
+    assert rows["image"].shape == (12, 64, 128, 3)
+    heights = sorted(set(int(h) for h in rows["valid_h"]))
+    assert len(heights) > 1 and all(h % 8 == 0 and 32 <= h <= 64 for h in heights), heights
+    one = [i for i in range(12) if rows["valid_h"][i] == heights[-1]]
+    crops = [rows["image"][i, : heights[-1], : rows["valid_w"][i]] for i in one]
+    batch = task.collate({k: v[one] for k, v in rows.items()}, torch.device("cpu"))
+    width = ctc_batch_width(max(int(rows["valid_w"][i]) for i in one))
+    # A batch of one height is cut to it and equals the predictor's batch of the same crops.
+    assert batch["image"].shape == (len(one), 3, heights[-1], width)
+    assert torch.allclose(batch["image"], to_batch(crops, width), atol=1e-6)
+    # A batch of mixed heights is cut to its tallest; shorter rows repeat their last valid row below it.
+    mixed = task.collate(rows, torch.device("cpu"))["image"]
+    short = int(np.argmin(rows["valid_h"]))
+    h = int(rows["valid_h"][short])
+    assert mixed.shape[2] == max(heights)
+    assert torch.equal(mixed[short, :, h:], mixed[short, :, h - 1 : h].expand_as(mixed[short, :, h:]))
+    model = task.build_model()
+    loss, _ = task.loss(model, task.collate(rows, torch.device("cpu")))
+    assert torch.isfinite(loss)
+    # The predictor batches one height at a time, at the heights the rows were made at.
+    predictor = task.build_predictor(model)
+    images = [np.full((hh, 150, 3), 255, np.uint8) for hh in (40, 90, 100, 300, 60)]
+    batches = list(predictor._batches(images))
+    assert sorted(b.shape[2] for _, b in batches) == [32, 48, 56, 64]
+    assert len(predictor(images)) == 5
+    spec = task.model_spec(model, "satrn_latex", "v1", {})
+    assert {k: spec.preprocess[k] for k in ("height", "width", "max_height", "scale")} == preprocess
+    predictor.save_model_dir(tmp_path / "folder")
+    loaded = RecognitionPredictor.from_model_dir(tmp_path / "folder")
+    assert (loaded.height, loaded.max_height, loaded.scale) == (32, 64, 0.5)
+    # Both settings or neither; only models that read any height.
+    for bad in ({"max_height": 64}, {"max_height": 60, "scale": 0.5}, {"max_height": 16, "scale": 0.5}):
+        cfg = _config(shared_data)
+        cfg.model.preprocess = {"height": 32, "width": 128, **bad}
+        with pytest.raises(ConfigError, match="max_height"):
+            LatexTask(cfg)
+    aster = _config(shared_data)
+    aster.model.arch, aster.model.arch_kwargs = "aster", {}
+    aster.model.preprocess = preprocess
+    with pytest.raises(ConfigError, match="any height"):
+        LatexTask(aster)
+
+
+def test_group_by_width_sorts_variable_heights_first() -> None:
+    from ocrjobs.training.loop import group_by_width
+
+    pool = {"valid_h": np.array([64, 32, 64, 32]), "valid_w": np.array([10, 90, 20, 80]), "i": np.arange(4)}
+    batches = list(group_by_width([pool], 2, np.random.default_rng(0)))
+    assert sorted(tuple(b["i"]) for b in batches) == [(0, 2), (3, 1)]
