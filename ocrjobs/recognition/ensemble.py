@@ -323,6 +323,8 @@ class Member:
             "decoder": p.decoder,
             "height": p.height,
             "width": p.width,
+            # Variable-height formula models: inputs up to this high (None: every input is `height`).
+            "max_height": p.max_height,
             "charset_size": p.tokenizer.num_classes - 1,
             "charset_name": p.tokenizer.to_dict().get("name", "chars"),
             # Members whose fingerprints match share a vocabulary (see the module docstring).

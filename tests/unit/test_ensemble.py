@@ -451,6 +451,7 @@ def test_async_rounds_give_the_in_process_result() -> None:
 def test_member_info_describes_the_model() -> None:
     info = attention_member({"S": 0.9}).info()
     assert info["decoding"] == "attention" and info["charset_size"] == len(CHARS) and info["name"] == "att"
+    assert info["max_height"] is None and info["height"] == 32
     # The charset fingerprint tells whether members share a vocabulary, across CTC and attention.
     assert ctc_member({"5": 0.6}).info()["charset_sha1"] == info["charset_sha1"]
     assert ctc_member({"S": 0.6}, charset="ACHS").info()["charset_sha1"] != info["charset_sha1"]
