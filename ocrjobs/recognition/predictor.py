@@ -27,6 +27,7 @@ Decoding is greedy or beam search; a CTC model folder may add a character langua
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ __all__ = [
     "WIDTH_STEP",
     "RecognitionPredictor",
     "RecognizedText",
+    "check_input_heights",
     "check_model_kind",
     "ctc_batch_width",
     "input_height",
@@ -165,6 +167,26 @@ def input_height(
         return height
     stepped = HEIGHT_STEP * math.ceil(height_px * scale / HEIGHT_STEP)
     return int(min(max_height, max(height, stepped)))
+
+
+def check_input_heights(model: Recognizer, height: int, max_height: int | None, scale: float | None) -> None:
+    """Check a variable-height setting (``max_height`` with ``scale``) against the model.
+
+    Raises:
+        ValueError: one of the two is given without the other, the model reads one height only, or the
+            heights are not multiples of :data:`HEIGHT_STEP` with ``max_height >= height`` and ``scale > 0``.
+    """
+    if (max_height is None) != (scale is None):
+        raise ValueError(f"max_height and scale go together, got {max_height} and {scale}")
+    if max_height is None or scale is None:
+        return
+    if not getattr(model, "variable_height", False):
+        raise ValueError(f"max_height is for models that read any height (satrn), not {model.config.arch}")
+    if max_height < height or max_height % HEIGHT_STEP or height % HEIGHT_STEP or not scale > 0:
+        raise ValueError(
+            f"max_height ({max_height}) must be >= height ({height}), both multiples of "
+            f"{HEIGHT_STEP}, and scale ({scale}) > 0"
+        )
 
 
 def resize_crop(
@@ -335,18 +357,7 @@ class RecognitionPredictor:
         self.tokenizer = tokenizer
         self.height = int(height)
         self.width = int(width)
-        if (max_height is None) != (scale is None):
-            raise ValueError(f"max_height and scale go together, got {max_height} and {scale}")
-        if max_height is not None and scale is not None:
-            if not getattr(model, "variable_height", False):
-                raise ValueError(
-                    f"max_height is for models that read any height (satrn), not {model.config.arch}"
-                )
-            if max_height < height or max_height % HEIGHT_STEP or height % HEIGHT_STEP or not scale > 0:
-                raise ValueError(
-                    f"max_height ({max_height}) must be >= height ({height}), both multiples of "
-                    f"{HEIGHT_STEP}, and scale ({scale}) > 0"
-                )
+        check_input_heights(model, self.height, max_height, scale)
         self.max_height = None if max_height is None else int(max_height)
         self.scale = None if scale is None else float(scale)
         self.decoder = decoder
@@ -539,16 +550,13 @@ class RecognitionPredictor:
         # By height, then width: a batch holds one height (variable-height inputs) and similar widths.
         order = sorted(resized, key=lambda i: resized[i].shape[:2])
         fixed = isinstance(self.model, AttentionRecognizer) and not self.model.variable_width
-        start = 0
-        while start < len(order):
-            height = resized[order[start]].shape[0]
-            stop = min(start + self.batch_size, len(order))
-            stop = next((j for j in range(start, stop) if resized[order[j]].shape[0] != height), stop)
-            indices = order[start:stop]
-            images = [resized[i] for i in indices]
-            width = self.width if fixed else ctc_batch_width(images[-1].shape[1])
-            yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
-            start = stop
+        for _, same_height in itertools.groupby(order, key=lambda i: resized[i].shape[0]):
+            group = list(same_height)
+            for start in range(0, len(group), self.batch_size):
+                indices = group[start : start + self.batch_size]
+                images = [resized[i] for i in indices]
+                width = self.width if fixed else ctc_batch_width(images[-1].shape[1])
+                yield indices, to_batch(images, width, self.mean, self.std).to(self.device)
 
     def _decode(self, batch: torch.Tensor) -> tuple[list[Hypothesis], int]:
         """The batch's hypotheses and its number of CTC frames (0 for attention models)."""

@@ -39,7 +39,7 @@ from ocrjobs.recognition.decode import attention_greedy_decode
 from ocrjobs.recognition.latex import LATEX, LatexTokenizer, LatexVocabulary
 from ocrjobs.recognition.losses import attention_loss, bracket_penalty, formula_loss
 from ocrjobs.recognition.models import AttentionRecognizer, Recognizer, build_recognizer
-from ocrjobs.recognition.predictor import RecognitionPredictor
+from ocrjobs.recognition.predictor import RecognitionPredictor, check_input_heights
 from ocrjobs.recognition.vocab import vocabulary_from_dict
 from ocrjobs.registry import ModelSpec
 from ocrjobs.training.config import TrainConfig
@@ -142,10 +142,10 @@ class LatexTask:
         model = self.build_model()
         if model.decoding != "attention":
             raise ConfigError(f"task 'latex' needs an attention model (aster, satrn), got {cfg.model.arch!r}")
-        try:  # the predictor's checks of the preprocessing, at start-up
-            line_predictor(self, model, self.tokenizer)
+        try:  # the predictor's check, at start-up
+            check_input_heights(model, self.height, self.max_height, self.scale)
         except ValueError as exc:
-            raise ConfigError(f"model.preprocess / postprocess: {exc}") from None
+            raise ConfigError(f"model.preprocess: {exc}") from None
         for split in (cfg.data.train, cfg.data.val):
             for synth in split.synthetic:
                 try:  # fail at start-up, not in a data task an hour into the run

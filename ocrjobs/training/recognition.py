@@ -64,16 +64,21 @@ def line_images(
         std, device=device
     ).view(1, 3, 1, 1)
     if "valid_h" in batch:
-        rows = torch.arange(images.shape[2], device=device).view(1, 1, -1, 1)
-        valid_h = torch.from_numpy(batch["valid_h"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
-        last_row = images.gather(
-            2, (valid_h - 1).clamp_min(0).expand(-1, images.shape[1], 1, images.shape[3])
-        )
-        images = torch.where(rows >= valid_h, last_row, images)
-    columns = torch.arange(images.shape[-1], device=device).view(1, 1, 1, -1)
-    valid = torch.from_numpy(batch["valid_w"].astype(np.int64)).to(device).view(-1, 1, 1, 1)
-    last = images.gather(3, (valid - 1).clamp_min(0).expand(-1, images.shape[1], images.shape[2], 1))
-    return torch.where(columns >= valid, last, images)
+        images = _repeat_last_valid(images, batch["valid_h"], 2)
+    return _repeat_last_valid(images, batch["valid_w"], 3)
+
+
+def _repeat_last_valid(images: torch.Tensor, valid: np.ndarray, dim: int) -> torch.Tensor:
+    """``[b, c, h, w]`` images whose positions along ``dim`` from each row's ``valid[i]`` on repeat its
+    last valid position (a row, ``dim=2``, or a column, ``dim=3``)."""
+    shape = [1, 1, 1, 1]
+    shape[dim] = -1
+    positions = torch.arange(images.shape[dim], device=images.device).view(shape)
+    limit = torch.from_numpy(valid.astype(np.int64)).to(images.device).view(-1, 1, 1, 1)
+    index_shape = list(images.shape)
+    index_shape[dim] = 1
+    last = images.gather(dim, (limit - 1).clamp_min(0).expand(index_shape))
+    return torch.where(positions >= limit, last, images)
 
 
 def line_predictor(task: Any, model: nn.Module, tokenizer: Tokenizer) -> RecognitionPredictor:
