@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ocrjobs import storage
 from ocrjobs.config import dump_config
 from ocrjobs.raycluster import ensure_ray
+from ocrjobs.raydata import use_loop_throttle
 from ocrjobs.training.checkpoint import (
     COMMAND_FILE,
     CONFIG_FILE,
@@ -163,6 +164,7 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     from ocrjobs.training.tasks import TASKS
 
     ensure_ray()
+    use_loop_throttle()  # the train split's coordinator otherwise spins while the worker trains
     cfg = absolute_local_paths(cfg)
     task = TASKS[cfg.task](cfg)
     cfg = worker_config(cfg, task)
