@@ -38,13 +38,14 @@ log = logging.getLogger("ocrjobs.jobs.bulk")
 
 
 # The recognizer of ``task: latex`` when none is given: the multi-scale formula ensemble (one SATRN at
-# input heights 48 and 64), or whichever of the two folders exists (default_formula_members).
-FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex")
+# input height 48, at 64, and at 0.75 of the image's size between 64 and 96 px), or whichever of the
+# folders exist (default_formula_members).
+FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex", "models/satrn96_latex")
 # Their weights in the ensemble's mean score, used whenever the recognizer is FORMULA_ENSEMBLE and the
 # config gives no recognizer_weights: fitted on the held-out val part of im2latex train
 # (`ocrjobs eval latex --split train --holdout-every 10 --weights ...`), never on validate. configs/serve.yaml
 # gives its formula members the same weights.
-FORMULA_ENSEMBLE_WEIGHTS: tuple[float, ...] = (1.0, 1.0)
+FORMULA_ENSEMBLE_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0)
 # The recognizer of ``task: ocr`` and ``recognize`` when none is given.
 _LINE_RECOGNIZER = "models/crnn_doc"
 

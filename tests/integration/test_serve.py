@@ -757,7 +757,7 @@ def test_shipped_formula_models_read_a_validate_formula(shipped: str, shared_dat
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert [m["name"] for m in body["members"]] == ["satrn_latex", "satrn64_latex"]
+    assert [m["name"] for m in body["members"]] == ["satrn_latex", "satrn64_latex", "satrn96_latex"]
     truth = record.regions[0].text.split()
     assert edit_distance(body["text"].split(), truth) <= len(truth) // 4, body["text"]
 

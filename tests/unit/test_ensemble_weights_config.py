@@ -39,9 +39,14 @@ def test_a_cut_down_formula_ensemble_keeps_its_members_weights(monkeypatch: pyte
     from ocrjobs.jobs import bulk_config
 
     monkeypatch.setattr(bulk_config.storage, "exists", lambda uri, config=None: "satrn64_latex" in uri)
-    config = BulkConfig(input="in", output="out", task="latex", recognizer_weights=[1.0, 0.7])
+    config = BulkConfig(input="in", output="out", task="latex", recognizer_weights=[1.0, 0.7, 0.4])
     cut = default_formula_members(config)
     assert cut.recognizer == "models/satrn64_latex" and cut.recognizer_weights == [0.7]
+    # Two of the three: both keep theirs, in the ensemble's order.
+    monkeypatch.setattr(bulk_config.storage, "exists", lambda uri, config=None: "satrn_latex" not in uri)
+    cut = default_formula_members(config)
+    assert cut.recognizer == ["models/satrn64_latex", "models/satrn96_latex"]
+    assert cut.recognizer_weights == [0.7, 0.4]
 
 
 def test_the_default_formula_ensemble_comes_with_its_fitted_weights(monkeypatch: pytest.MonkeyPatch) -> None:

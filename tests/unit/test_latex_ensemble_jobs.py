@@ -246,6 +246,8 @@ def test_bulk_config_takes_several_recognizers_and_defaults_to_the_formula_ensem
     shutil.copytree(models[1], "models/satrn64_latex")
     assert default_formula_members(config).recognizer == "models/satrn64_latex"
     shutil.copytree(models[0], "models/satrn_latex")
+    assert default_formula_members(config).recognizer == ["models/satrn_latex", "models/satrn64_latex"]
+    shutil.copytree(models[1], "models/satrn96_latex")  # any formula folder: only existence is checked here
     assert default_formula_members(config).recognizer == list(FORMULA_ENSEMBLE)
     # An explicit recognizer is never cut down.
     explicit = BulkConfig(

@@ -43,6 +43,10 @@ def test_the_shipped_serve_yaml_is_a_serve_config_file_for_our_builder() -> None
     assert [(m.model, m.weight) for m in config.formulas] == list(
         zip(FORMULA_ENSEMBLE, FORMULA_ENSEMBLE_WEIGHTS, strict=True)
     )
+    # As shipped (one line member), everything together fits the 2-CPU machine without scaling down.
+    shipped = config.ingress.num_cpus + config.detector.num_cpus
+    shipped += sum(m.num_cpus for m in [*config.members, *config.formulas])
+    assert shipped <= 2.0
 
 
 def test_the_rayservice_manifest_carries_a_valid_config() -> None:
