@@ -42,10 +42,11 @@ class LoopThrottle(ExecutionCallback):
         self._last = now
 
 
-def use_loop_throttle(context: DataContext | None = None) -> DataContext:
-    """Register :class:`LoopThrottle` in ``context`` (the current DataContext by default); datasets
-    created afterwards carry it to wherever they execute (e.g. a training run's SplitCoordinator)."""
-    context = context or DataContext.get_current()
+def use_loop_throttle(context: DataContext) -> DataContext:
+    """Register :class:`LoopThrottle` in ``context``: a dataset's own (``ds.context``, which it carries to
+    wherever it executes, e.g. a training run's SplitCoordinator), so the process's DataContext and other
+    datasets are left as they are."""
     if LoopThrottle not in context.custom_execution_callback_classes:
-        context.custom_execution_callback_classes.append(LoopThrottle)
+        # A new list: a context copied shallowly elsewhere must not gain the callback too.
+        context.custom_execution_callback_classes = [*context.custom_execution_callback_classes, LoopThrottle]
     return context

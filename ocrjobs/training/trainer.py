@@ -164,7 +164,6 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     from ocrjobs.training.tasks import TASKS
 
     ensure_ray()
-    use_loop_throttle()  # the train split's coordinator otherwise spins while the worker trains
     cfg = absolute_local_paths(cfg)
     task = TASKS[cfg.task](cfg)
     cfg = worker_config(cfg, task)
@@ -181,6 +180,8 @@ def fit(cfg: TrainConfig, command: str = "") -> TrainingOutcome:
     datasets: dict[str, Any] = {
         name: to_dataset(task, cfg, split, plan.vocabulary) for name, split in plan.splits.items()
     }
+    for dataset in datasets.values():  # the train split's coordinator otherwise spins while the worker trains
+        use_loop_throttle(dataset.context)
     if "val" in datasets and cfg.data.cache_val:
         datasets["val"] = datasets["val"].materialize()
     trainer = TorchTrainer(

@@ -54,9 +54,12 @@ def test_a_slow_step_counts_toward_the_interval(slept: list[float], monkeypatch:
     assert slept == pytest.approx([MIN_STEP_INTERVAL_S - 0.06])
 
 
-def test_use_loop_throttle_registers_once() -> None:
+def test_use_loop_throttle_registers_once_in_that_context_only() -> None:
     context = DataContext.get_current().copy()
+    shared = context.custom_execution_callback_classes  # e.g. the list of a context it was copied from
     assert use_loop_throttle(context) is context
     use_loop_throttle(context)
     assert context.custom_execution_callback_classes.count(LoopThrottle) == 1
     assert LoopThrottle in context.execution_callback_classes  # what Ray's planner instantiates
+    assert LoopThrottle not in shared
+    assert LoopThrottle not in DataContext.get_current().custom_execution_callback_classes
