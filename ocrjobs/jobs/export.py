@@ -2,7 +2,8 @@
 
 ``--checkpoint`` takes a checkpoint folder (``<storage_path>/<run>/epoch_0007``) or a whole run folder,
 whose best checkpoint by the run's ``checkpoint.metric`` is exported. The EMA weights are exported when
-the run kept them. The folder loads with the task's predictor (``from_model_dir``) like any other model.
+the run kept them. Several ``--checkpoint`` (one model: sibling fine-tunes of one folder) write the
+average of their weights, a model soup; measure it with ``ocrjobs eval`` before shipping it. The folder loads with the task's predictor (``from_model_dir``) like any other model.
 ``--onnx`` also writes ``model.onnx`` (detectors and CTC recognizers), checked against PyTorch; with
 ``--model`` it adds one to an existing folder. Predictors on ONNX Runtime use a folder's ``model.onnx``
 while it matches the weights, and otherwise export one to a local cache on first use
@@ -12,6 +13,8 @@ Examples::
 
     ocrjobs export --checkpoint runs/crnn_sroie --out models/crnn_sroie
     ocrjobs export --checkpoint s3://bucket/ocr-runs/dbnet_sroie/epoch_0012 --out models/dbnet_sroie
+    ocrjobs export --checkpoint runs/satrn96_latex_r19a --checkpoint runs/satrn96_latex_r19b \
+        --out models/satrn96_latex
     ocrjobs export --model models/crnn_doc --onnx
     ocrjobs export --model models/crnn_doc --int8 --calibration ../shared/data/sroie/train \
         --calibration ../shared/data/funsd/train --calibration-holdout-every 8
@@ -36,7 +39,13 @@ __all__ = ["add_arguments", "main", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``ocrjobs export``."""
-    parser.add_argument("--checkpoint", help="checkpoint folder, or a run folder (its best checkpoint)")
+    parser.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        help="checkpoint folder, or a run folder (its best checkpoint); repeat it to export the average "
+        "of several checkpoints' weights (one model)",
+    )
     parser.add_argument("--out", help="model folder to write, e.g. models/crnn_sroie (with --checkpoint)")
     parser.add_argument("--model", help="an existing local model folder to add model.onnx to (with --onnx)")
     parser.add_argument(
@@ -82,20 +91,27 @@ def run(args: argparse.Namespace) -> int:
         export_checkpoint,
         export_folder_int8,
         export_folder_onnx,
+        export_weight_average,
     )
 
-    if (args.checkpoint is None) == (args.model is None):
+    if bool(args.checkpoint) == (args.model is not None):
         raise ConfigError("give --checkpoint (with --out) or --model (with --onnx)")
     if args.model is not None and not (args.onnx or args.int8):
         raise ConfigError("--model adds model.onnx or model.int8.onnx to a folder: give --onnx or --int8")
     if args.int8 and not args.calibration:
         raise ConfigError("--int8 needs --calibration: labelled training pages to calibrate on")
-    if args.checkpoint is not None and not args.out:
+    if args.checkpoint and not args.out:
         raise ConfigError("--checkpoint needs --out (the model folder to write)")
     folder = args.model
     try:
-        if args.checkpoint is not None:
-            result = export_checkpoint(args.checkpoint, args.out, overrides=parse_overrides(args.set))
+        if len(args.checkpoint) > 1:
+            result = export_weight_average(args.checkpoint, args.out, overrides=parse_overrides(args.set))
+            print(
+                f"exported the average of {len(args.checkpoint)} checkpoints ({result.spec.version}) -> {result.out}"
+            )
+            folder = args.out
+        elif args.checkpoint:
+            result = export_checkpoint(args.checkpoint[0], args.out, overrides=parse_overrides(args.set))
             metrics = (
                 ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.spec.metrics.items())) or "no metrics"
             )

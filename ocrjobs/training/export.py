@@ -7,6 +7,11 @@ exactly as any other model. No Ray is needed.
 
 :func:`export_folder_onnx` adds ``model.onnx`` (detectors, CTC recognizers) to a folder, checked against
 the PyTorch model (``ocrjobs export --onnx``; :mod:`ocrjobs.backends` runs it).
+
+:func:`export_weight_average` writes one folder from several checkpoints of one architecture: their
+weights averaged (a "model soup", Wortsman et al. 2022). Sibling fine-tunes of one model folder (the
+same start, different data subsets or seeds) land in one basin, and their average often reads better
+than each of them (``ocrjobs export --checkpoint A --checkpoint B --out M``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,18 @@ from ocrjobs.training.checkpoint import (
 from ocrjobs.training.config import TrainConfig
 
 if TYPE_CHECKING:
+    import torch
+
     from ocrjobs.data.records import Record
 
-__all__ = ["ExportResult", "export_checkpoint", "load_checkpoint_model", "model_card"]
+__all__ = [
+    "ExportResult",
+    "average_state_dicts",
+    "export_checkpoint",
+    "export_weight_average",
+    "load_checkpoint_model",
+    "model_card",
+]
 
 
 @dataclass
@@ -85,7 +99,37 @@ def _shown(uri: str) -> str:
     return uri if relative.startswith("..") else relative
 
 
-def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command: str | None) -> str:
+def _apply_overrides(spec: ModelSpec, overrides: dict[str, Any] | None) -> tuple[ModelSpec, list[str]]:
+    """``spec`` with inference settings changed at export, and the card's lines describing the changes."""
+    changed: list[str] = []
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if section not in ("preprocess", "postprocess") or not key or "." in key:
+            raise ConfigError(
+                f"export override {dotted!r}: only preprocess.<key> and postprocess.<key> are allowed"
+            )
+        settings = dict(getattr(spec, section))
+        changed.append(f"`{dotted}`: {settings.get(key, 'unset')} at training -> {value}")
+        settings[key] = value
+        spec = spec.model_copy(update={section: settings})
+    return spec, changed
+
+
+def _changed_section(changed: list[str]) -> str:
+    return (
+        "\n## Inference settings changed at export\n\n" + "".join(f"- {c}\n" for c in changed)
+        if changed
+        else ""
+    )
+
+
+def model_card(
+    spec: ModelSpec,
+    cfg: TrainConfig,
+    info: CheckpointInfo,
+    command: str | None,
+    no_metrics: str = "No validation split was configured; no metrics were measured.",
+) -> str:
     """The ``CARD.md`` text of an exported model.
 
     Args:
@@ -93,6 +137,7 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
         cfg: the run's config.
         info: the exported checkpoint.
         command: the command that trained the run, when it was recorded.
+        no_metrics: the metrics section's text when ``spec`` has none.
 
     Returns:
         Markdown.
@@ -145,7 +190,7 @@ def model_card(spec: ModelSpec, cfg: TrainConfig, info: CheckpointInfo, command:
         ]
         lines += [f"| {k} | {v:.4f} |" for k, v in sorted(spec.metrics.items())]
     else:
-        lines.append("No validation split was configured; no metrics were measured.")
+        lines.append(no_metrics)
     return "\n".join(lines) + "\n"
 
 
@@ -180,22 +225,119 @@ def export_checkpoint(
     task = TASKS[cfg.task](cfg)
     name = storage.basename(out.rstrip("/"))
     metrics = {k: float(v) for k, v in info.metrics.items() if k.startswith("val_")}
-    spec = task.model_spec(model, name, f"{cfg.name}-epoch{info.epoch}", metrics)
-    changed: list[str] = []
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if section not in ("preprocess", "postprocess") or not key or "." in key:
-            raise ConfigError(
-                f"export override {dotted!r}: only preprocess.<key> and postprocess.<key> are allowed"
-            )
-        settings = dict(getattr(spec, section))
-        changed.append(f"`{dotted}`: {settings.get(key, 'unset')} at training -> {value}")
-        settings[key] = value
-        spec = spec.model_copy(update={section: settings})
-    card = model_card(spec, cfg, info, _run_command(info.uri, config))
-    if changed:
-        card += "\n## Inference settings changed at export\n\n" + "".join(f"- {c}\n" for c in changed)
+    spec, changed = _apply_overrides(
+        task.model_spec(model, name, f"{cfg.name}-epoch{info.epoch}", metrics), overrides
+    )
+    card = model_card(spec, cfg, info, _run_command(info.uri, config)) + _changed_section(changed)
     write_model_dir(out, spec, model.state_dict(), card)
+    return ExportResult(out=out, checkpoint=info, spec=spec)
+
+
+def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The uniform average of several state dicts of one architecture.
+
+    Floating-point tensors are averaged (in float64, then cast back); integer buffers (e.g. batch-norm
+    step counters) are taken from the first.
+
+    Raises:
+        ConfigError: fewer than two state dicts, or their keys or shapes differ (not one architecture).
+    """
+    import torch
+
+    if len(states) < 2:
+        raise ConfigError("a weight average needs at least two checkpoints")
+    first = states[0]
+    for i, state in enumerate(states[1:], start=2):
+        if state.keys() != first.keys():
+            missing = sorted(set(first) ^ set(state))[:3]
+            raise ConfigError(f"checkpoint {i} has other weights than checkpoint 1 (e.g. {missing})")
+        shapes = [k for k, v in first.items() if tuple(state[k].shape) != tuple(v.shape)]
+        if shapes:
+            raise ConfigError(f"checkpoint {i} differs from checkpoint 1 in the shape of {shapes[0]}")
+    averaged: dict[str, torch.Tensor] = {}
+    for key, value in first.items():
+        if value.is_floating_point():
+            total = torch.stack([state[key].to(torch.float64) for state in states]).mean(dim=0)
+            averaged[key] = total.to(value.dtype)
+        else:
+            averaged[key] = value.clone()
+    return averaged
+
+
+def export_weight_average(
+    checkpoint_uris: Sequence[str],
+    out: str,
+    *,
+    config: StorageConfig | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> ExportResult:
+    """Write a model folder whose weights are the average of several checkpoints' (a model soup).
+
+    Each checkpoint contributes the weights it would export (its EMA average when the run kept one).
+    They must be one model: the same task, architecture, vocabulary and inference settings. The
+    folder's spec and card come from the first checkpoint; the card lists every ingredient with its
+    run's command and metrics. The average itself was never validated by a run, so the spec carries no
+    metrics: measure it with ``ocrjobs eval``.
+
+    Args:
+        checkpoint_uris: two or more checkpoint or run folders (a run folder gives its best checkpoint).
+        out: the model folder to write.
+        config: S3 settings.
+        overrides: inference settings that differ from training (as :func:`export_checkpoint`).
+
+    Returns:
+        What was written (``checkpoint`` is the first ingredient).
+
+    Raises:
+        FileNotFoundError: a checkpoint is missing.
+        ConfigError: fewer than two checkpoints, or they are not one model.
+    """
+    from ocrjobs.training.tasks import TASKS
+
+    if len(checkpoint_uris) < 2:
+        raise ConfigError("a weight average needs at least two --checkpoint")
+    name = storage.basename(out.rstrip("/"))
+    loaded = [load_checkpoint_model(uri, config) for uri in checkpoint_uris]
+    specs = [TASKS[cfg.task](cfg).model_spec(model, name, "", {}) for cfg, model, _ in loaded]
+    for i, spec in enumerate(specs[1:], start=2):
+        differs = [
+            field
+            for field in ("task", "arch", "arch_kwargs", "charset", "preprocess", "postprocess")
+            if getattr(spec, field) != getattr(specs[0], field)
+        ]
+        if differs:
+            raise ConfigError(
+                f"{checkpoint_uris[i - 1]} is not the same model as {checkpoint_uris[0]}: "
+                f"its {', '.join(differs)} differ"
+            )
+    cfg, model, info = loaded[0]
+    model.load_state_dict(average_state_dicts([m.state_dict() for _, m, _ in loaded]))
+    version = "avg(" + "+".join(f"{c.name}-epoch{part.epoch}" for c, _, part in loaded) + ")"
+    spec, changed = _apply_overrides(specs[0].model_copy(update={"version": version}), overrides)
+    lines = [
+        "",
+        "## Weight average",
+        "",
+        f"The weights are the uniform average of {len(loaded)} checkpoints' exported weights (a model soup); "
+        "the sections above describe the first. The ingredients:",
+        "",
+    ]
+    for run_cfg, _, part in loaded:
+        command = _run_command(part.uri, config)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(part.metrics.items()) if k.startswith("val_"))
+        lines.append(
+            f"- `{_shown(part.uri)}` (run `{run_cfg.name}`, epoch {part.epoch}, {part.step} steps, "
+            f"seed {run_cfg.seed}"
+            + (f"; {metrics}" if metrics else "")
+            + ")"
+            + (f": `{command}`" if command else "")
+        )
+    no_metrics = (
+        "The averaged weights were not validated by a training run (each ingredient's own validation is "
+        "listed below): measure them with `ocrjobs eval`."
+    )
+    card = model_card(spec, cfg, info, _run_command(info.uri, config), no_metrics) + "\n".join(lines) + "\n"
+    write_model_dir(out, spec, model.state_dict(), card + _changed_section(changed))
     return ExportResult(out=out, checkpoint=info, spec=spec)
 
 

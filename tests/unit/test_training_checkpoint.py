@@ -374,3 +374,62 @@ def test_local_paths_become_absolute_for_the_workers(tmp_path: Path, monkeypatch
     ).storage_path == str(tmp_path / "r")
     s3 = cfg.model_copy(update={"storage_path": "s3://bucket/runs"})
     assert absolute_local_paths(s3).storage_path == "s3://bucket/runs"
+
+
+def _write_run(root: Path, name: str, cfg_dict: dict, seed: int) -> tuple[Path, dict]:
+    """A run folder with one checkpoint of a freshly initialised model (seeded) and its command."""
+    torch.manual_seed(seed)
+    cfg = TrainConfig.model_validate({**cfg_dict, "name": name, "seed": seed})
+    task = TASKS[cfg.task](cfg)
+    model, ema_model = task.build_model(), task.build_model()
+    folder = root / name / "epoch_0001"
+    folder.mkdir(parents=True)
+    state = {"model": model.state_dict(), "ema": {"module": ema_model.state_dict(), "updates": 3}}
+    write_checkpoint(str(folder), {**state, "epoch": 1, "step": 10}, cfg, {"val_cer": 0.5 + seed / 100})
+    (root / name / "command.txt").write_text(f"ocrjobs train --name {name}\n")
+    return folder, model_weights(state)
+
+
+def test_export_averages_the_weights_of_several_checkpoints(tmp_path: Path) -> None:
+    from ocrjobs.cli import main
+    from ocrjobs.recognition.predictor import RecognitionPredictor
+    from ocrjobs.training.export import average_state_dicts, export_weight_average
+
+    a, weights_a = _write_run(tmp_path / "runs", "run-a", _CONFIG, seed=1)
+    b, weights_b = _write_run(tmp_path / "runs", "run-b", _CONFIG, seed=2)
+    out = tmp_path / "models" / "crnn_avg"
+    result = export_weight_average([str(a), str(b)], str(out))
+    assert result.spec.version == "avg(run-a-epoch1+run-b-epoch1)" and result.spec.metrics == {}
+
+    exported = RecognitionPredictor.from_model_dir(out, backend="torch").model.state_dict()
+    floats = [k for k, v in weights_a.items() if v.is_floating_point()]
+    assert floats and not torch.equal(weights_a[floats[0]], weights_b[floats[0]])
+    for key in floats:  # each weight is the mean of the two EMA weights (not the raw model weights)
+        assert torch.allclose(exported[key], (weights_a[key] + weights_b[key]) / 2, atol=1e-6)
+    card = (out / "CARD.md").read_text()
+    assert "## Weight average" in card and "ocrjobs train --name run-b" in card and "seed 2" in card
+    assert "not validated by a training run" in card and "No validation split" not in card
+
+    # The CLI takes --checkpoint twice.
+    cli_out = tmp_path / "models" / "crnn_cli"
+    assert main(["export", "--checkpoint", str(a), "--checkpoint", str(b), "--out", str(cli_out)]) == 0
+    again = RecognitionPredictor.from_model_dir(cli_out, backend="torch").model.state_dict()
+    assert all(torch.equal(again[k], exported[k]) for k in floats)
+
+    # Integer buffers are taken from the first; one state dict or different architectures are refused.
+    counters = average_state_dicts(
+        [{"n": torch.tensor(3), "w": torch.ones(2)}, {"n": torch.tensor(5), "w": torch.zeros(2)}]
+    )
+    assert counters["n"].item() == 3 and counters["w"].tolist() == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="at least two"):
+        export_weight_average([str(a)], str(tmp_path / "models" / "one"))
+    with pytest.raises(ConfigError, match="shape of w"):
+        average_state_dicts([{"w": torch.ones(2)}, {"w": torch.ones(3)}])
+    wider = {
+        **_CONFIG,
+        "model": {**_CONFIG["model"], "arch_kwargs": {"channels": [8, 8, 8, 8], "hidden": 16}},
+    }
+    c, _ = _write_run(tmp_path / "runs", "run-c", wider, seed=3)
+    with pytest.raises(ConfigError, match="arch_kwargs differ"):
+        export_weight_average([str(a), str(c)], str(tmp_path / "models" / "mixed"))
+    assert not (tmp_path / "models" / "mixed").exists()
