@@ -129,6 +129,7 @@ def model_card(
     info: CheckpointInfo,
     command: str | None,
     no_metrics: str = "No validation split was configured; no metrics were measured.",
+    origin: str | None = None,
 ) -> str:
     """The ``CARD.md`` text of an exported model.
 
@@ -138,14 +139,16 @@ def model_card(
         info: the exported checkpoint.
         command: the command that trained the run, when it was recorded.
         no_metrics: the metrics section's text when ``spec`` has none.
+        origin: what the weights were exported from, when not only ``info`` (default: its folder).
 
     Returns:
         Markdown.
     """
+    origin = origin or f"`{_shown(info.uri)}`"
     lines = [
         f"# {spec.name}",
         "",
-        f"{cfg.task} model `{spec.arch}` trained by ocrjobs run `{cfg.name}`, exported from `{_shown(info.uri)}` "
+        f"{cfg.task} model `{spec.arch}` trained by ocrjobs run `{cfg.name}`, exported from {origin} "
         f"on {dt.date.today().isoformat()} (version `{spec.version}`).",
         "",
         "## Training",
@@ -336,7 +339,9 @@ def export_weight_average(
         "The averaged weights were not validated by a training run (each ingredient's own validation is "
         "listed below): measure them with `ocrjobs eval`."
     )
-    card = model_card(spec, cfg, info, _run_command(info.uri, config), no_metrics) + "\n".join(lines) + "\n"
+    origin = f"the average of {len(loaded)} checkpoints (below; the first is `{_shown(info.uri)}`)"
+    card = model_card(spec, cfg, info, _run_command(info.uri, config), no_metrics, origin)
+    card += "\n".join(lines) + "\n"
     write_model_dir(out, spec, model.state_dict(), card + _changed_section(changed))
     return ExportResult(out=out, checkpoint=info, spec=spec)
 

@@ -409,6 +409,7 @@ def test_export_averages_the_weights_of_several_checkpoints(tmp_path: Path) -> N
     card = (out / "CARD.md").read_text()
     assert "## Weight average" in card and "ocrjobs train --name run-b" in card and "seed 2" in card
     assert "not validated by a training run" in card and "No validation split" not in card
+    assert "exported from the average of 2 checkpoints" in card
 
     # The CLI takes --checkpoint twice.
     cli_out = tmp_path / "models" / "crnn_cli"
