@@ -45,7 +45,7 @@ FORMULA_ENSEMBLE: tuple[str, ...] = ("models/satrn_latex", "models/satrn64_latex
 # config gives no recognizer_weights: fitted on the held-out val part of im2latex train
 # (`ocrjobs eval latex --split train --holdout-every 10 --weights ...`), never on validate. configs/serve.yaml
 # gives its formula members the same weights.
-FORMULA_ENSEMBLE_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 1.0)
+FORMULA_ENSEMBLE_WEIGHTS: tuple[float, ...] = (1.0, 1.0, 2.0)
 # The recognizer of ``task: ocr`` and ``recognize`` when none is given.
 _LINE_RECOGNIZER = "models/crnn_doc"
 
