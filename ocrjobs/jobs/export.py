@@ -3,7 +3,8 @@
 ``--checkpoint`` takes a checkpoint folder (``<storage_path>/<run>/epoch_0007``) or a whole run folder,
 whose best checkpoint by the run's ``checkpoint.metric`` is exported. The EMA weights are exported when
 the run kept them. Several ``--checkpoint`` (one model: sibling fine-tunes of one folder) write the
-average of their weights, a model soup; measure it with ``ocrjobs eval`` before shipping it. The folder loads with the task's predictor (``from_model_dir``) like any other model.
+average of their weights, a model soup; measure it with ``ocrjobs eval`` before shipping it. The folder
+loads with the task's predictor (``from_model_dir``) like any other model.
 ``--onnx`` also writes ``model.onnx`` (detectors and CTC recognizers), checked against PyTorch; with
 ``--model`` it adds one to an existing folder. Predictors on ONNX Runtime use a folder's ``model.onnx``
 while it matches the weights, and otherwise export one to a local cache on first use

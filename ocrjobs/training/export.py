@@ -252,8 +252,8 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, 
     first = states[0]
     for i, state in enumerate(states[1:], start=2):
         if state.keys() != first.keys():
-            missing = sorted(set(first) ^ set(state))[:3]
-            raise ConfigError(f"checkpoint {i} has other weights than checkpoint 1 (e.g. {missing})")
+            differing = sorted(set(first) ^ set(state))[:3]
+            raise ConfigError(f"checkpoint {i} has other weights than checkpoint 1 (e.g. {differing})")
         shapes = [k for k, v in first.items() if tuple(state[k].shape) != tuple(v.shape)]
         if shapes:
             raise ConfigError(f"checkpoint {i} differs from checkpoint 1 in the shape of {shapes[0]}")
@@ -325,8 +325,8 @@ def export_weight_average(
         "the sections above describe the first. The ingredients:",
         "",
     ]
-    for run_cfg, _, part in loaded:
-        command = _run_command(part.uri, config)
+    commands = [_run_command(part.uri, config) for _, _, part in loaded]
+    for (run_cfg, _, part), command in zip(loaded, commands, strict=True):
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(part.metrics.items()) if k.startswith("val_"))
         lines.append(
             f"- `{_shown(part.uri)}` (run `{run_cfg.name}`, epoch {part.epoch}, {part.step} steps, "
@@ -340,7 +340,7 @@ def export_weight_average(
         "listed below): measure them with `ocrjobs eval`."
     )
     origin = f"the average of {len(loaded)} checkpoints (below; the first is `{_shown(info.uri)}`)"
-    card = model_card(spec, cfg, info, _run_command(info.uri, config), no_metrics, origin)
+    card = model_card(spec, cfg, info, commands[0], no_metrics, origin)
     card += "\n".join(lines) + "\n"
     write_model_dir(out, spec, model.state_dict(), card + _changed_section(changed))
     return ExportResult(out=out, checkpoint=info, spec=spec)
