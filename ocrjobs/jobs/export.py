@@ -3,7 +3,8 @@
 ``--checkpoint`` takes a checkpoint folder (``<storage_path>/<run>/epoch_0007``) or a whole run folder,
 whose best checkpoint by the run's ``checkpoint.metric`` is exported. The EMA weights are exported when
 the run kept them. Several ``--checkpoint`` (one model: sibling fine-tunes of one folder) write the
-average of their weights, a model soup; measure it with ``ocrjobs eval`` before shipping it. The folder
+average of their weights, a model soup (after the first, a model folder may be one too: the siblings'
+parent); measure it with ``ocrjobs eval`` before shipping it. The folder
 loads with the task's predictor (``from_model_dir``) like any other model.
 ``--onnx`` also writes ``model.onnx`` (detectors and CTC recognizers), checked against PyTorch; with
 ``--model`` it adds one to an existing folder. Predictors on ONNX Runtime use a folder's ``model.onnx``
@@ -45,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         help="checkpoint folder, or a run folder (its best checkpoint); repeat it to export the average "
-        "of several checkpoints' weights (one model)",
+        "of several checkpoints' weights (one model; after the first, model folders may join too)",
     )
     parser.add_argument("--out", help="model folder to write, e.g. models/crnn_sroie (with --checkpoint)")
     parser.add_argument("--model", help="an existing local model folder to add model.onnx to (with --onnx)")
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         if len(args.checkpoint) > 1:
             result = export_weight_average(args.checkpoint, args.out, overrides=parse_overrides(args.set))
             print(
-                f"exported the average of {len(args.checkpoint)} checkpoints ({result.spec.version}) -> {result.out}"
+                f"exported the average of {len(args.checkpoint)} ingredients ({result.spec.version}) -> {result.out}"
             )
             folder = args.out
         elif args.checkpoint:

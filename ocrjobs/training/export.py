@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from ocrjobs import storage
 from ocrjobs.config import ConfigError, StorageConfig
-from ocrjobs.registry import ModelSpec, write_model_dir
+from ocrjobs.registry import WEIGHTS_FILE, ModelSpec, read_model_spec, write_model_dir
 from ocrjobs.training.checkpoint import (
     COMMAND_FILE,
+    META_FILE,
     CheckpointInfo,
     load_state,
     model_weights,
@@ -45,6 +46,7 @@ __all__ = [
     "average_state_dicts",
     "export_checkpoint",
     "export_weight_average",
+    "is_model_folder",
     "load_checkpoint_model",
     "model_card",
 ]
@@ -267,6 +269,23 @@ def average_state_dicts(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, 
     return averaged
 
 
+def is_model_folder(uri: str, config: StorageConfig | None = None) -> bool:
+    """Whether ``uri`` is an exported model folder (weights file, no checkpoint metadata)."""
+    return storage.exists(storage.join(uri, WEIGHTS_FILE), config) and not storage.exists(
+        storage.join(uri, META_FILE), config
+    )
+
+
+def _read_folder_weights(uri: str, config: StorageConfig | None) -> tuple[ModelSpec, dict[str, Any], str]:
+    """A model folder's spec, weights and a short digest of its weights file (names it in a version)."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    raw = storage.read_bytes(storage.join(uri, WEIGHTS_FILE), config)
+    return read_model_spec(uri, config), load(raw), hashlib.sha256(raw).hexdigest()[:8]
+
+
 def export_weight_average(
     checkpoint_uris: Sequence[str],
     out: str,
@@ -277,14 +296,17 @@ def export_weight_average(
     """Write a model folder whose weights are the average of several checkpoints' (a model soup).
 
     Each checkpoint contributes the weights it would export (its EMA average when the run kept one).
-    They must be one model: the same task, architecture, vocabulary and inference settings. The
-    folder's spec and card come from the first checkpoint; the card lists every ingredient with its
-    run's command and metrics. The average itself was never validated by a run, so the spec carries no
-    metrics: measure it with ``ocrjobs eval``.
+    After the first, an ingredient may also be an exported model folder (its weights as they are): the
+    parent folder a set of sibling runs started from, which is often itself an average whose source
+    checkpoints are gone on a fresh machine. They must be one model: the same task, architecture,
+    vocabulary and inference settings. The folder's spec and card come from the first checkpoint; the
+    card lists every ingredient with its run's command and metrics. The average itself was never
+    validated by a run, so the spec carries no metrics: measure it with ``ocrjobs eval``.
 
     Args:
-        checkpoint_uris: two or more checkpoint or run folders (a run folder gives its best checkpoint).
-        out: the model folder to write.
+        checkpoint_uris: two or more checkpoint or run folders (a run folder gives its best checkpoint);
+            all but the first may be model folders.
+        out: the model folder to write (it may be one of the ingredients: all are read first).
         config: S3 settings.
         overrides: inference settings that differ from training (as :func:`export_checkpoint`).
 
@@ -293,54 +315,81 @@ def export_weight_average(
 
     Raises:
         FileNotFoundError: a checkpoint is missing.
-        ConfigError: fewer than two checkpoints, or they are not one model.
+        ConfigError: fewer than two ingredients, the first is a model folder, or they are not one model.
     """
     from ocrjobs.training.tasks import TASKS
 
     if len(checkpoint_uris) < 2:
         raise ConfigError("a weight average needs at least two --checkpoint")
+    if is_model_folder(checkpoint_uris[0], config):
+        raise ConfigError(
+            f"{checkpoint_uris[0]} is a model folder: the first --checkpoint must be a training checkpoint "
+            "or run folder (its run describes the folder written); give model folders after it"
+        )
     name = storage.basename(out.rstrip("/"))
-    loaded = [load_checkpoint_model(uri, config) for uri in checkpoint_uris]
-    specs = [TASKS[cfg.task](cfg).model_spec(model, name, "", {}) for cfg, model, _ in loaded]
-    for i, spec in enumerate(specs[1:], start=2):
+    cfg, model, info = load_checkpoint_model(checkpoint_uris[0], config)
+    first_spec = TASKS[cfg.task](cfg).model_spec(model, name, "", {})
+    first_command = _run_command(info.uri, config)
+    states: list[dict[str, Any]] = []
+    versions: list[str] = []
+    listed: list[str] = []  # the card's ingredient lines
+    for i, uri in enumerate(checkpoint_uris):
+        if i > 0 and is_model_folder(uri, config):
+            spec, weights, digest = _read_folder_weights(uri, config)
+            versions.append(f"{spec.name}#{digest}")
+            listed.append(
+                f"- the model folder `{_shown(uri)}` (version `{spec.version}`, weights sha256 {digest}...; "
+                "its own card lists its lineage)"
+            )
+        else:
+            part_cfg, part_model, part = (cfg, model, info) if i == 0 else load_checkpoint_model(uri, config)
+            spec = (
+                first_spec if i == 0 else TASKS[part_cfg.task](part_cfg).model_spec(part_model, name, "", {})
+            )
+            command = first_command if i == 0 else _run_command(part.uri, config)
+            weights = part_model.state_dict()
+            versions.append(f"{part_cfg.name}-epoch{part.epoch}")
+            metrics = ", ".join(
+                f"{k} {v:.4f}" for k, v in sorted(part.metrics.items()) if k.startswith("val_")
+            )
+            listed.append(
+                f"- `{_shown(part.uri)}` (run `{part_cfg.name}`, epoch {part.epoch}, {part.step} steps, "
+                f"seed {part_cfg.seed}"
+                + (f"; {metrics}" if metrics else "")
+                + ")"
+                + (f": `{command}`" if command else "")
+            )
+        # As written to config.yaml (tuples become lists), so a folder compares equal to its checkpoint.
+        this, first = spec.model_dump(mode="json"), first_spec.model_dump(mode="json")
         differs = [
             field
             for field in ("task", "arch", "arch_kwargs", "charset", "preprocess", "postprocess")
-            if getattr(spec, field) != getattr(specs[0], field)
+            if this[field] != first[field]
         ]
         if differs:
             raise ConfigError(
-                f"{checkpoint_uris[i - 1]} is not the same model as {checkpoint_uris[0]}: "
-                f"its {', '.join(differs)} differ"
+                f"{uri} is not the same model as {checkpoint_uris[0]}: its {', '.join(differs)} differ"
             )
-    cfg, model, info = loaded[0]
-    model.load_state_dict(average_state_dicts([m.state_dict() for _, m, _ in loaded]))
-    version = "avg(" + "+".join(f"{c.name}-epoch{part.epoch}" for c, _, part in loaded) + ")"
-    spec, changed = _apply_overrides(specs[0].model_copy(update={"version": version}), overrides)
+        states.append(weights)
+    model.load_state_dict(average_state_dicts(states))
+    version = "avg(" + "+".join(versions) + ")"
+    spec, changed = _apply_overrides(first_spec.model_copy(update={"version": version}), overrides)
     lines = [
         "",
         "## Weight average",
         "",
-        f"The weights are the uniform average of {len(loaded)} checkpoints' exported weights (a model soup); "
-        "the sections above describe the first. The ingredients:",
+        f"The weights are the uniform average of {len(states)} ingredients' weights (a model soup): each "
+        "checkpoint's exported weights, each model folder's as they are; the sections above describe the "
+        "first. The ingredients:",
         "",
+        *listed,
     ]
-    commands = [_run_command(part.uri, config) for _, _, part in loaded]
-    for (run_cfg, _, part), command in zip(loaded, commands, strict=True):
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in sorted(part.metrics.items()) if k.startswith("val_"))
-        lines.append(
-            f"- `{_shown(part.uri)}` (run `{run_cfg.name}`, epoch {part.epoch}, {part.step} steps, "
-            f"seed {run_cfg.seed}"
-            + (f"; {metrics}" if metrics else "")
-            + ")"
-            + (f": `{command}`" if command else "")
-        )
     no_metrics = (
         "The averaged weights were not validated by a training run (each ingredient's own validation is "
         "listed below): measure them with `ocrjobs eval`."
     )
-    origin = f"the average of {len(loaded)} checkpoints (below; the first is `{_shown(info.uri)}`)"
-    card = model_card(spec, cfg, info, commands[0], no_metrics, origin)
+    origin = f"the average of {len(states)} ingredients (below; the first is `{_shown(info.uri)}`)"
+    card = model_card(spec, cfg, info, first_command, no_metrics, origin)
     card += "\n".join(lines) + "\n"
     write_model_dir(out, spec, model.state_dict(), card + _changed_section(changed))
     return ExportResult(out=out, checkpoint=info, spec=spec)

@@ -409,7 +409,20 @@ def test_export_averages_the_weights_of_several_checkpoints(tmp_path: Path) -> N
     card = (out / "CARD.md").read_text()
     assert "## Weight average" in card and "ocrjobs train --name run-b" in card and "seed 2" in card
     assert "not validated by a training run" in card and "No validation split" not in card
-    assert "exported from the average of 2 checkpoints" in card
+    assert "exported from the average of 2 ingredients" in card
+
+    # A model folder (here the average just written) joins a later average as it is, after a checkpoint:
+    # the parent folder of sibling runs, whose own source checkpoints may be gone.
+    soup = tmp_path / "models" / "soup"
+    nested = export_weight_average([str(a), str(out)], str(soup))
+    assert nested.spec.version.startswith("avg(run-a-epoch1+crnn_avg#")
+    nested_weights = RecognitionPredictor.from_model_dir(soup, backend="torch").model.state_dict()
+    for key in floats:  # (a + (a + b) / 2) / 2
+        assert torch.allclose(nested_weights[key], (3 * weights_a[key] + weights_b[key]) / 4, atol=1e-6)
+    soup_card = (soup / "CARD.md").read_text()
+    assert f"the model folder `{out}`" in soup_card and "avg(run-a-epoch1+run-b-epoch1)" in soup_card
+    with pytest.raises(ConfigError, match="first --checkpoint must be a training checkpoint"):
+        export_weight_average([str(out), str(a)], str(tmp_path / "models" / "folder-first"))
 
     # The CLI takes --checkpoint twice.
     cli_out = tmp_path / "models" / "crnn_cli"
@@ -433,4 +446,6 @@ def test_export_averages_the_weights_of_several_checkpoints(tmp_path: Path) -> N
     c, _ = _write_run(tmp_path / "runs", "run-c", wider, seed=3)
     with pytest.raises(ConfigError, match="arch_kwargs differ"):
         export_weight_average([str(a), str(c)], str(tmp_path / "models" / "mixed"))
+    with pytest.raises(ConfigError, match="arch_kwargs differ"):
+        export_weight_average([str(c), str(out)], str(tmp_path / "models" / "mixed"))
     assert not (tmp_path / "models" / "mixed").exists()
