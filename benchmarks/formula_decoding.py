@@ -11,6 +11,7 @@ outputs LaTeX compiles and the rendered exact match (``ocrjobs.metrics.rendered`
     python benchmarks/formula_decoding.py --model models/satrn64_latex --beam-width 1,4,8
     python benchmarks/formula_decoding.py --model models/satrn_latex --width 480,640,800
     python benchmarks/formula_decoding.py --model models/satrn_latex --syntax none,repair
+    python benchmarks/formula_decoding.py --model models/satrn96_latex --max-len 150,200,300
 
 Put the chosen value in the folder's ``config.yaml`` (``postprocess``), add a version suffix (bulk
 output shards read with other settings are then never mixed on resume), and report validate with
@@ -43,6 +44,7 @@ def main() -> None:
     group.add_argument("--beam-width", help="comma-separated beam widths (1: greedy)")
     group.add_argument("--width", help="comma-separated widest inputs (preprocess width; wider are squeezed)")
     group.add_argument("--syntax", help="comma-separated output syntax settings (none, repair)")
+    group.add_argument("--max-len", help="comma-separated longest outputs in tokens (EOS included)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
 
@@ -66,6 +68,8 @@ def main() -> None:
         settings = [{"width": v} for v in _values(args.width, int)]
     elif args.syntax is not None:
         settings = [{"syntax": v} for v in _values(args.syntax, str)]
+    elif args.max_len is not None:
+        settings = [{"max_len": v} for v in _values(args.max_len, int)]
     else:
         settings = [
             {"decoder": "greedy"} if v == 1 else {"decoder": "beam", "beam_width": v}

@@ -279,6 +279,9 @@ class TrainConfig(StrictModel):
         batch_size: rows per optimiser step per worker.
         seed: seeds model initialisation, data order, synthetic samples and subsets.
         amp: mixed precision on GPU (``bf16`` or ``fp16`` with a gradient scaler); ignored on CPU.
+        amp_cpu: on CPU, training steps in bf16 autocast (validation stays fp32) where the CPU computes
+            bf16 natively (AVX512-BF16 or AMX; elsewhere fp32 with a warning): a SATRN formula step
+            took 0.72x the fp32 time on this project's AMD EPYC (docs/benchmarks.md).
         log_every: print a progress line every this many steps on rank 0 (0: only per epoch).
         checkpoint: checkpoint retention.
         failure: fault tolerance.
@@ -300,6 +303,7 @@ class TrainConfig(StrictModel):
     batch_size: int = Field(default=16, ge=1)
     seed: int = 0
     amp: Literal["none", "bf16", "fp16"] = "bf16"
+    amp_cpu: bool = False
     log_every: int = Field(default=50, ge=0)
     checkpoint: CheckpointSettings = Field(default_factory=CheckpointSettings)
     failure: FailureSettings = Field(default_factory=FailureSettings)

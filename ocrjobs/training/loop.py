@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import os
 import random
 import tempfile
@@ -41,6 +42,8 @@ from ocrjobs.training.progress import MetricsLog, format_epoch_line
 from ocrjobs.training.task import Batch, TrainTask
 from ocrjobs.training.tasks import TASKS
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CRASH_MARKER",
     "Precision",
@@ -60,32 +63,54 @@ class Precision:
     """Mixed-precision settings for a device: autocast dtype (``None``: fp32) and a gradient scaler.
 
     Attributes:
-        dtype: autocast dtype, or ``None`` for full precision.
+        dtype: autocast dtype of training steps, or ``None`` for full precision.
         scaler: loss scaler (enabled only for fp16, where small gradients would underflow).
+        validate_dtype: autocast dtype of validation (CPU validates in fp32, so a run's checkpoints
+            compare with those of fp32 runs).
     """
 
     dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
+    validate_dtype: torch.dtype | None = None
 
     @classmethod
-    def for_device(cls, amp: str, device: torch.device) -> Precision:
-        """AMP on CUDA as configured; CPU always trains in fp32 (``amp`` is ignored there).
+    def for_device(cls, amp: str, device: torch.device, amp_cpu: bool = False) -> Precision:
+        """AMP on CUDA as configured; on CPU fp32, or bf16 training steps with ``amp_cpu``.
 
         Args:
-            amp: ``none``, ``bf16`` or ``fp16``.
+            amp: ``none``, ``bf16`` or ``fp16`` (CUDA).
             device: the worker's device.
+            amp_cpu: train in bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16, AMX);
+                on one that does not (where bf16 is emulated and slower), fp32 with a warning.
 
         Returns:
             The settings.
         """
-        dtype = _AMP_DTYPES.get(amp) if device.type == "cuda" else None
-        return cls(dtype, torch.amp.GradScaler(device.type, enabled=dtype is torch.float16))
+        if device.type == "cuda":
+            dtype = _AMP_DTYPES.get(amp)
+            return cls(dtype, torch.amp.GradScaler(device.type, enabled=dtype is torch.float16), dtype)
+        dtype = None
+        if amp_cpu:
+            if cpu_has_bf16():
+                dtype = torch.bfloat16
+            else:
+                log.warning("amp_cpu: this CPU has no native bf16 (AVX512-BF16 or AMX); training in fp32")
+        return cls(dtype, torch.amp.GradScaler(device.type, enabled=False))
 
-    def autocast(self, device: torch.device) -> AbstractContextManager[Any]:
-        """The autocast context for forward passes (a no-op in fp32)."""
-        if self.dtype is None:
+    def autocast(self, device: torch.device, validate: bool = False) -> AbstractContextManager[Any]:
+        """The autocast context for training (or, with ``validate``, validation) forward passes."""
+        dtype = self.validate_dtype if validate else self.dtype
+        if dtype is None:
             return nullcontext()
-        return torch.autocast(device.type, dtype=self.dtype)
+        return torch.autocast(device.type, dtype=dtype)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +191,7 @@ class _WorkerState:
         # Built after the model moved to its device, so loaded optimiser state lands there too.
         self.optimizer = build_optimizer(self.raw_model, cfg.optim)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps=cfg.epochs * steps_per_epoch)
-        self.precision = Precision.for_device(cfg.amp, device)
+        self.precision = Precision.for_device(cfg.amp, device, cfg.amp_cpu)
         self.ema = ModelEMA(self.raw_model, cfg.optim.ema_decay).to(device) if cfg.optim.ema_decay else None
 
     def load(self, state: dict[str, Any]) -> None:
@@ -217,7 +242,7 @@ class _WorkerState:
         evaluated = self.ema.module if self.ema is not None else self.raw_model
         evaluated.eval()
         batches = shard.iter_batches(batch_size=self.cfg.batch_size, batch_format="numpy", drop_last=False)
-        with torch.inference_mode(), self.precision.autocast(self.device):
+        with torch.inference_mode(), self.precision.autocast(self.device, validate=True):
             metrics = self.task.validate(evaluated, batches, self.device)
         self.model.train()
         return metrics

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -255,3 +256,43 @@ def test_group_by_width_sorts_variable_heights_first() -> None:
     pool = {"valid_h": np.array([64, 32, 64, 32]), "valid_w": np.array([10, 90, 20, 80]), "i": np.arange(4)}
     batches = list(group_by_width([pool], 2, np.random.default_rng(0)))
     assert sorted(tuple(b["i"]) for b in batches) == [(0, 2), (3, 1)]
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_bf16_training_steps_on_cpu_learn_and_validation_stays_fp32(
+    task_and_plan: tuple[LatexTask, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    native_bf16: bool,
+) -> None:
+    from ocrjobs.training import loop
+
+    task, plan = task_and_plan
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: native_bf16)
+    real = [i for i in plan.splits["train"].items if "uri" in i.payload][:4]
+    rows = prepare_locally(
+        task, dataclasses.replace(plan.splits["train"], items=real), plan.vocabulary, count=4
+    )
+    optim = task.cfg.optim.model_copy(update={"lr": 3e-3, "warmup_steps": 0})
+    cfg = task.cfg.model_copy(update={"amp_cpu": True, "optim": optim})
+    torch.manual_seed(0)
+    model = task.build_model()
+    worker = loop._WorkerState(task, cfg, model, steps_per_epoch=10, device=torch.device("cpu"))
+    assert worker.precision.dtype == (torch.bfloat16 if native_bf16 else None)
+    assert native_bf16 or "no native bf16" in caplog.text
+    seen: list[torch.dtype] = []
+    linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    linear.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    losses = [worker.step(rows)["loss"] for _ in range(20)]
+    assert seen[0] == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert all(np.isfinite(losses)) and losses[-1] < 0.75 * losses[0]
+    # The weights stay fp32; validation runs in fp32 (comparable with fp32 runs' checkpoints).
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+
+    class Shard:
+        def iter_batches(self, **_: Any) -> list[dict[str, Any]]:
+            return [prepare_locally(task, plan.splits["val"], (), count=2)]
+
+    worker.ema = None
+    assert worker.validate(Shard())["val_loss"] > 0 and seen and set(seen) == {torch.float32}
