@@ -280,8 +280,9 @@ class TrainConfig(StrictModel):
         seed: seeds model initialisation, data order, synthetic samples and subsets.
         amp: mixed precision on GPU (``bf16`` or ``fp16`` with a gradient scaler); ignored on CPU.
         amp_cpu: on CPU, training steps in bf16 autocast (validation stays fp32) where the CPU computes
-            bf16 natively (AVX512-BF16 or AMX; elsewhere fp32 with a warning): a SATRN formula step
-            took 0.72x the fp32 time on this project's AMD EPYC (docs/benchmarks.md).
+            bf16 natively (AVX512-BF16 or AMX; elsewhere fp32 with a warning): a SATRN formula run
+            trained 1.24x as many samples/s at the same validation loss on this project's AMD EPYC
+            (docs/benchmarks.md, session 22).
         log_every: print a progress line every this many steps on rank 0 (0: only per epoch).
         checkpoint: checkpoint retention.
         failure: fault tolerance.

@@ -81,7 +81,7 @@ class Precision:
             amp: ``none``, ``bf16`` or ``fp16`` (CUDA).
             device: the worker's device.
             amp_cpu: train in bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16, AMX);
-                on one that does not (where bf16 is emulated and slower), fp32 with a warning.
+                on one that does not (where bf16 would be emulated), fp32 with a warning.
 
         Returns:
             The settings.
@@ -107,6 +107,7 @@ class Precision:
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (oneDNN's check: AVX512-BF16 or AMX)."""
+    # torch has no public API for this; oneDNN's own check is the one its bf16 kernels follow.
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
