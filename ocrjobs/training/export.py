@@ -327,9 +327,14 @@ def export_weight_average(
             "or run folder (its run describes the folder written); give model folders after it"
         )
     name = storage.basename(out.rstrip("/"))
-    cfg, model, info = load_checkpoint_model(checkpoint_uris[0], config)
-    first_spec = TASKS[cfg.task](cfg).model_spec(model, name, "", {})
-    first_command = _run_command(info.uri, config)
+
+    def checkpoint_ingredient(uri: str) -> tuple[TrainConfig, Any, CheckpointInfo, ModelSpec, str | None]:
+        part_cfg, part_model, part = load_checkpoint_model(uri, config)
+        spec = TASKS[part_cfg.task](part_cfg).model_spec(part_model, name, "", {})
+        return part_cfg, part_model, part, spec, _run_command(part.uri, config)
+
+    head = checkpoint_ingredient(checkpoint_uris[0])
+    cfg, model, info, first_spec, first_command = head
     states: list[dict[str, Any]] = []
     versions: list[str] = []
     listed: list[str] = []  # the card's ingredient lines
@@ -342,11 +347,7 @@ def export_weight_average(
                 "its own card lists its lineage)"
             )
         else:
-            part_cfg, part_model, part = (cfg, model, info) if i == 0 else load_checkpoint_model(uri, config)
-            spec = (
-                first_spec if i == 0 else TASKS[part_cfg.task](part_cfg).model_spec(part_model, name, "", {})
-            )
-            command = first_command if i == 0 else _run_command(part.uri, config)
+            part_cfg, part_model, part, spec, command = head if i == 0 else checkpoint_ingredient(uri)
             weights = part_model.state_dict()
             versions.append(f"{part_cfg.name}-epoch{part.epoch}")
             metrics = ", ".join(
