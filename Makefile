@@ -68,7 +68,7 @@ formula-data: setup
 		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 2 --renderers auto,auto,mathtext
 	test -f $(FORMULA_DATA)/im2latex_mutated_s3/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated_s3 \
 		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 3 --renderers auto,auto,mathtext
-	for seed in 4 5 6 7 8 9 10 11 12 13; do out=$(FORMULA_DATA)/im2latex_mutated_s$$seed; test -f $$out/_summary.json || $(FORMULA_SYNTH) \
+	for seed in 4 5 6 7 8 9 10 11 12 13 14 15; do out=$(FORMULA_DATA)/im2latex_mutated_s$$seed; test -f $$out/_summary.json || $(FORMULA_SYNTH) \
 		--out $$out --from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed $$seed \
 		--renderers auto,auto,mathtext; done
 	# formulas_hs in parts (item i = line i): 5000 first, then the grammar's first half, then the rest.
