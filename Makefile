@@ -63,7 +63,7 @@ formula-data: setup
 	test -f $(FORMULA_DATA)/im2latex_train/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_train \
 		--from-train $(SHARED_DATA)/im2latex --passes 4 --renderers auto,mathtext
 	# 40 variants of each im2latex train formula outside the held-out 1 in 10 (symbols swapped, groups spliced),
-	# in twelve shards of other seeds (other variants).
+	# in fourteen shards of other seeds (other variants).
 	test -f $(FORMULA_DATA)/im2latex_mutated/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated \
 		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 2 --renderers auto,auto,mathtext
 	test -f $(FORMULA_DATA)/im2latex_mutated_s3/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated_s3 \
