@@ -63,12 +63,12 @@ formula-data: setup
 	test -f $(FORMULA_DATA)/im2latex_train/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_train \
 		--from-train $(SHARED_DATA)/im2latex --passes 4 --renderers auto,mathtext
 	# 40 variants of each im2latex train formula outside the held-out 1 in 10 (symbols swapped, groups spliced),
-	# in fourteen shards of other seeds (other variants).
+	# in sixteen shards of other seeds (other variants).
 	test -f $(FORMULA_DATA)/im2latex_mutated/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated \
 		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 2 --renderers auto,auto,mathtext
 	test -f $(FORMULA_DATA)/im2latex_mutated_s3/_summary.json || $(FORMULA_SYNTH) --out $(FORMULA_DATA)/im2latex_mutated_s3 \
 		--from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed 3 --renderers auto,auto,mathtext
-	for seed in 4 5 6 7 8 9 10 11 12 13 14 15; do out=$(FORMULA_DATA)/im2latex_mutated_s$$seed; test -f $$out/_summary.json || $(FORMULA_SYNTH) \
+	for seed in 4 5 6 7 8 9 10 11 12 13 14 15 16 17; do out=$(FORMULA_DATA)/im2latex_mutated_s$$seed; test -f $$out/_summary.json || $(FORMULA_SYNTH) \
 		--out $$out --from-train $(SHARED_DATA)/im2latex --holdout-every 10 --mutate --passes 40 --seed $$seed \
 		--renderers auto,auto,mathtext; done
 	# formulas_hs in parts (item i = line i): 5000 first, then the grammar's first half, then the rest.
